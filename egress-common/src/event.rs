@@ -1,0 +1,69 @@
+//! Records the kernel program sends to the agent.
+
+/// Direction of the judged packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Egress = 0,
+    Ingress = 1,
+}
+
+/// One decision about one connection or flow, sent through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionEvent {
+    /// `bpf_ktime_get_boot_ns` when the packet was judged.
+    pub boot_ns: u64,
+    pub generation: u64,
+    pub cgroup_id: u64,
+    pub socket_cookie: u64,
+    pub rule: u32,
+    pub audit_rule: u32,
+    pub uid: u32,
+    /// Process that created or connected the socket, when known (0 otherwise).
+    pub pid: u32,
+    /// Source address; IPv4 in the first 4 bytes.
+    pub src: [u8; 16],
+    /// Destination address; IPv4 in the first 4 bytes.
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// 4 or 6.
+    pub ip_version: u8,
+    pub protocol: u8,
+    pub verdict: u8,
+    pub audit_verdict: u8,
+    /// [`Direction`] as a byte.
+    pub direction: u8,
+    /// ICMP or ICMPv6 type, for ICMP flows.
+    pub icmp_type: u8,
+    pub _pad: [u8; 2],
+    /// Packets of this attempt dropped so far, including this one (0 when allowed).
+    pub dropped_packets: u32,
+    /// Command name of `pid`, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// Key of the `FLOWS` map: a flow of one socket to one peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub socket_cookie: u64,
+    pub dst: [u8; 16],
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub ip_version: u8,
+    /// ICMP type for ICMP flows, 0 otherwise.
+    pub icmp_type: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `FLOWS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// Generation whose decision was reported.
+    pub generation: u64,
+    pub verdict: u8,
+    pub _pad: [u8; 7],
+}

@@ -1,0 +1,8 @@
+//! Rebuild the kernel programs when `bpf-linker` changes: cargo cannot see that dependency.
+//! (The same approach as aya-template; artifact dependencies would express it, once stable.)
+fn main() {
+    match which::which("bpf-linker") {
+        Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
+        Err(err) => println!("cargo:warning=bpf-linker not found ({err}); run `cargo xtask setup`"),
+    }
+}

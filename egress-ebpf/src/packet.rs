@@ -1,0 +1,156 @@
+//! Reads the few header fields a decision needs. In `cgroup_skb` programs the packet data
+//! starts at the network header:
+//! <https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/cgroup.c#L1555-L1561>
+
+use aya_ebpf::programs::SkBuffContext;
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+/// `__sk_buff.protocol` holds the big-endian 16-bit EtherType, zero-extended to 32 bits.
+const ETH_P_IP: u32 = 0x0800u16.to_be() as u32;
+const ETH_P_IPV6: u32 = 0x86DDu16.to_be() as u32;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+/// Extension headers walked before giving up on finding the transport header. Linux itself
+/// sends at most a handful; a packet with more is judged without ports.
+const MAX_IPV6_EXTENSIONS: usize = 6;
+
+/// TCP flag bits in the 13th byte of the header.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+pub struct Packet {
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// Source and destination; IPv4 addresses in the first four bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Transport protocol number (after IPv6 extension headers).
+    pub protocol: u8,
+    /// Ports for TCP and UDP (0 for other protocols and for non-first fragments).
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// TCP: a SYN without ACK, the first packet of a connection attempt.
+    pub tcp_syn: bool,
+    /// ICMP / ICMPv6 type.
+    pub icmp_type: u8,
+}
+
+/// `None` when a governed IP packet's headers cannot be read; non-IP packets never reach a
+/// `cgroup_skb` program attached for inet sockets, but are also reported as `None`.
+pub fn parse(ctx: &SkBuffContext) -> Option<Packet> {
+    match ctx.skb.protocol() {
+        ETH_P_IP => parse_ipv4(ctx),
+        ETH_P_IPV6 => parse_ipv6(ctx),
+        _ => None,
+    }
+}
+
+fn parse_ipv4(ctx: &SkBuffContext) -> Option<Packet> {
+    let ip: Ipv4Hdr = ctx.load(0).ok()?;
+    let mut packet = Packet {
+        ip_version: 4,
+        src: widen(ip.src_addr),
+        dst: widen(ip.dst_addr),
+        protocol: ip.proto as u8,
+        src_port: 0,
+        dst_port: 0,
+        tcp_syn: false,
+        icmp_type: 0,
+    };
+    // A non-first fragment carries no transport header: judge it without ports. Its first
+    // fragment carried them, and without the first the datagram is never reassembled.
+    if ip.frag_offset() == 0 {
+        let ihl = usize::from(ip.ihl());
+        if ihl < Ipv4Hdr::LEN {
+            return None;
+        }
+        read_transport(ctx, ihl, &mut packet)?;
+    }
+    Some(packet)
+}
+
+fn parse_ipv6(ctx: &SkBuffContext) -> Option<Packet> {
+    let ip: Ipv6Hdr = ctx.load(0).ok()?;
+    let mut packet = Packet {
+        ip_version: 6,
+        src: ip.src_addr,
+        dst: ip.dst_addr,
+        protocol: ip.next_hdr as u8,
+        src_port: 0,
+        dst_port: 0,
+        tcp_syn: false,
+        icmp_type: 0,
+    };
+    let mut offset = Ipv6Hdr::LEN;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match packet.protocol {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                let [next, len]: [u8; 2] = ctx.load(offset).ok()?;
+                packet.protocol = next;
+                offset += (usize::from(len) + 1) * 8;
+            }
+            IPV6_AUTH => {
+                let [next, len]: [u8; 2] = ctx.load(offset).ok()?;
+                packet.protocol = next;
+                offset += (usize::from(len) + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let header: [u8; 4] = ctx.load(offset).ok()?;
+                packet.protocol = header[0];
+                offset += 8;
+                let fragment_offset = u16::from_be_bytes([header[2], header[3]]) >> 3;
+                if fragment_offset != 0 {
+                    // As for IPv4: only the first fragment has ports.
+                    return Some(packet);
+                }
+            }
+            _ => {
+                read_transport(ctx, offset, &mut packet)?;
+                return Some(packet);
+            }
+        }
+    }
+    // More extension headers than we walk: the protocol is the last one we read, no ports.
+    Some(packet)
+}
+
+fn read_transport(ctx: &SkBuffContext, offset: usize, packet: &mut Packet) -> Option<()> {
+    match packet.protocol {
+        IPPROTO_TCP => {
+            let tcp: TcpHdr = ctx.load(offset).ok()?;
+            packet.src_port = u16::from_be_bytes(tcp.source);
+            packet.dst_port = u16::from_be_bytes(tcp.dest);
+            let flags: u8 = ctx.load(offset + 13).ok()?;
+            packet.tcp_syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        }
+        IPPROTO_UDP => {
+            let udp: UdpHdr = ctx.load(offset).ok()?;
+            packet.src_port = u16::from_be_bytes(udp.src);
+            packet.dst_port = u16::from_be_bytes(udp.dst);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            packet.icmp_type = ctx.load(offset).ok()?;
+        }
+        _ => {}
+    }
+    Some(())
+}
+
+fn widen(addr: [u8; 4]) -> [u8; 16] {
+    let mut wide = [0u8; 16];
+    wide[..4].copy_from_slice(&addr);
+    wide
+}
