@@ -1,0 +1,273 @@
+//! `egress explain`: how the loaded policies decide one connection, and why.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use egress_common::{NO_RULE, verdict};
+
+use crate::eval::{self, Explanation};
+use crate::policy::{
+    self, Action, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Mode, PolicySet, RuleInfo,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// Policy files or directories.
+    #[arg(long = "policy", required = true, value_name = "PATH")]
+    pub policy: Vec<PathBuf>,
+    /// Cgroup of the workload, relative to the cgroup2 root (default `/`).
+    #[arg(long, conflicts_with = "unit", value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// systemd unit of the workload (its cgroup is taken to be `/NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub unit: Option<String>,
+    /// Owner uid of the socket.
+    #[arg(long, default_value_t = 0)]
+    pub uid: u32,
+    /// Destination address.
+    #[arg(long, value_name = "ADDR")]
+    pub to: IpAddr,
+    /// Destination port (TCP and UDP only).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// tcp, udp, icmp, icmpv6, or an IP protocol number.
+    #[arg(long, default_value = "tcp")]
+    pub protocol: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
+    run_to(args, &mut std::io::stdout().lock())
+}
+
+/// [`run`], writing to `out`.
+pub fn run_to(args: &ExplainArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let set = policy::load(&args.policy)?;
+    let protocol = parse_protocol(&args.protocol)?;
+    let cgroup = match (&args.cgroup, &args.unit) {
+        (Some(path), _) if !path.starts_with('/') => bail!("--cgroup must start with `/`"),
+        (Some(path), _) => path.clone(),
+        (None, Some(unit)) => format!("/{unit}"),
+        (None, None) => "/".to_string(),
+    };
+    let explanation = eval::explain(&set, &cgroup, args.uid, args.to, protocol, args.port);
+    if args.json {
+        writeln!(out, "{}", to_json(&set, &explanation))?;
+    } else {
+        write_text(out, &set, &explanation)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_protocol(text: &str) -> anyhow::Result<u8> {
+    Ok(match text.to_ascii_lowercase().as_str() {
+        "tcp" => IPPROTO_TCP,
+        "udp" => IPPROTO_UDP,
+        "icmp" => IPPROTO_ICMP,
+        "icmpv6" => IPPROTO_ICMPV6,
+        other => other.parse().with_context(|| {
+            format!("unknown protocol `{text}`: use tcp, udp, icmp, icmpv6 or a number")
+        })?,
+    })
+}
+
+fn verdict_name(v: u8) -> &'static str {
+    match v {
+        verdict::DENY => "deny",
+        verdict::ALLOW => "allow",
+        _ => "none",
+    }
+}
+
+fn info(set: &PolicySet, id: u32) -> Option<RuleInfo> {
+    (id != NO_RULE)
+        .then(|| set.rule_table().into_iter().find(|r| r.id == id))
+        .flatten()
+}
+
+/// `{"verdict", "policy"?, "rule"?, "audit_verdict"?, "matched": [{"policy", "rule", "action"}]}`
+pub fn to_json(set: &PolicySet, e: &Explanation) -> serde_json::Value {
+    let mut object = serde_json::Map::new();
+    object.insert("verdict".into(), verdict_name(e.decision.verdict).into());
+    if let Some(rule) = info(set, e.decision.rule) {
+        object.insert("policy".into(), rule.policy.into());
+        object.insert("rule".into(), rule.rule.into());
+    }
+    if e.decision.audit_verdict != verdict::NONE {
+        object.insert(
+            "audit_verdict".into(),
+            verdict_name(e.decision.audit_verdict).into(),
+        );
+    }
+    let matched: Vec<serde_json::Value> = e
+        .matched
+        .iter()
+        .map(|m| serde_json::json!({"policy": m.policy, "rule": m.rule, "action": m.action.as_str()}))
+        .collect();
+    object.insert("matched".into(), matched.into());
+    object.into()
+}
+
+fn write_text(out: &mut dyn Write, set: &PolicySet, e: &Explanation) -> std::io::Result<()> {
+    let d = e.decision;
+    let named = |id| {
+        info(set, id).map_or_else(
+            || "no rule".to_string(),
+            |r| format!("{}/{}", r.policy, r.rule),
+        )
+    };
+    if e.applicable.is_empty() {
+        writeln!(out, "verdict: allow (no policy applies to this workload)")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "verdict: {} by {}",
+        verdict_name(d.verdict),
+        named(d.rule)
+    )?;
+    if d.audit_verdict != verdict::NONE {
+        writeln!(
+            out,
+            "audit verdict: {} by {} (recorded, never dropped)",
+            verdict_name(d.audit_verdict),
+            named(d.audit_rule)
+        )?;
+    }
+    writeln!(out, "logged: {}", if d.log == 1 { "yes" } else { "no" })?;
+    writeln!(out, "applicable policies: {}", e.applicable.join(", "))?;
+    if e.matched.is_empty() {
+        writeln!(
+            out,
+            "no rule matched; the decision is the policies' default"
+        )?;
+    }
+    for m in &e.matched {
+        let decider = match m.mode {
+            Mode::Enforce => d.rule,
+            Mode::Audit => d.audit_rule,
+        };
+        let why = if m.id == decider {
+            "decided".to_string()
+        } else if m.action == Action::Allow
+            && info(set, decider).is_some_and(|r| r.action == Action::Deny)
+        {
+            format!("lost: deny rules win over allow rules ({})", named(decider))
+        } else {
+            format!("lost: {} matched first (lower rule id)", named(decider))
+        };
+        let mode = if m.mode == Mode::Audit {
+            " [audit]"
+        } else {
+            ""
+        };
+        writeln!(
+            out,
+            "  {}/{} {}{mode}: {why}",
+            m.policy,
+            m.rule,
+            m.action.as_str()
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn args(
+        unit: Option<&str>,
+        cgroup: Option<&str>,
+        to: &str,
+        port: u16,
+        protocol: &str,
+    ) -> ExplainArgs {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        ExplainArgs {
+            policy: vec![dir],
+            cgroup: cgroup.map(String::from),
+            unit: unit.map(String::from),
+            uid: 0,
+            to: to.parse().expect("valid test input"),
+            port,
+            protocol: protocol.into(),
+            json: true,
+        }
+    }
+
+    fn json(a: &ExplainArgs) -> serde_json::Value {
+        let mut out = Vec::new();
+        run_to(a, &mut out).expect("valid test input");
+        serde_json::from_slice(&out).expect("valid test input")
+    }
+
+    #[test]
+    fn allowlisted_unit_is_denied_by_default() {
+        let v = json(&args(Some("trainer.service"), None, "192.0.2.1", 80, "tcp"));
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "verdict": "deny", "policy": "trainer-allowlist", "rule": "default", "matched": []
+            })
+        );
+    }
+
+    #[test]
+    fn deny_wins_and_losers_are_listed() {
+        let v = json(&args(
+            Some("trainer.service"),
+            None,
+            "169.254.169.254",
+            53,
+            "udp",
+        ));
+        assert_eq!(v["verdict"], "deny");
+        assert_eq!(v["rule"], "no-cloud-metadata");
+        assert_eq!(v["matched"].as_array().map(Vec::len), Some(2), "{v}");
+        let mut a = args(Some("trainer.service"), None, "169.254.169.254", 53, "udp");
+        a.json = false;
+        let mut out = Vec::new();
+        run_to(&a, &mut out).expect("valid test input");
+        let text = String::from_utf8(out).expect("valid test input");
+        assert!(
+            text.contains("trainer-allowlist/dns allow: lost: deny rules win"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn audit_verdict_is_reported() {
+        let v = json(&args(
+            None,
+            Some("/system.slice/web.service"),
+            "198.51.100.7",
+            443,
+            "tcp",
+        ));
+        assert_eq!(v["verdict"], "allow");
+        assert_eq!(v["policy"], "default");
+        assert_eq!(v["audit_verdict"], "deny");
+        let v = json(&args(
+            None,
+            Some("/system.slice/web.service"),
+            "192.0.2.9",
+            8443,
+            "tcp",
+        ));
+        assert_eq!(v["audit_verdict"], "allow");
+    }
+
+    #[test]
+    fn bad_protocol_is_an_error() {
+        let mut out = Vec::new();
+        assert!(run_to(&args(None, None, "::1", 1, "sctpx"), &mut out).is_err());
+    }
+}

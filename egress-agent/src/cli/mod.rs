@@ -1,0 +1,4 @@
+//! Subcommands of `egress` other than `agent`.
+
+pub mod check;
+pub mod explain;

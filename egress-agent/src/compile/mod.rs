@@ -1,0 +1,301 @@
+//! Flattens a [`PolicySet`] into the kernel's lookup maps (see `egress_common`'s crate docs).
+//!
+//! Every packet is decided by a fixed chain of lookups; the compiler precomputes, for every
+//! combination the chain can reach, the decision [`crate::eval`] would make. The property tests
+//! in this module replay random packets through [`mapsim`] and the evaluator and compare.
+
+mod addr;
+pub mod mapsim;
+mod ports;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+
+use egress_common::keys::{addr4_data, addr6_data};
+use egress_common::{
+    ANY_UID, Addr4Data, Addr6Data, Decision, PARITY_BIT, PortData, ScopeKey, ScopeValue,
+    config_flags,
+};
+
+use crate::eval::decision_for;
+use crate::policy::{Family, Policy, PolicySet, Rule, RuleInfo};
+
+/// Where the loader found each systemd unit named in a selector.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupResolution {
+    /// Unit name to cgroup paths (relative to the cgroup2 root, starting with `/`).
+    pub units: HashMap<String, Vec<String>>,
+}
+
+impl CgroupResolution {
+    pub fn paths(&self, unit: &str) -> &[String] {
+        self.units.get(unit).map_or(&[], Vec::as_slice)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("parity must be 0 or {PARITY_BIT:#x}, not {0:#x}")]
+    BadParity(u32),
+    #[error("too many {0}: compiled ids must stay below 2^31")]
+    IdsExhausted(&'static str),
+}
+
+/// Sizes of a compiled policy, for summaries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub policies: usize,
+    pub rules: usize,
+    /// Address prefixes written to the address tries (both families).
+    pub prefixes: usize,
+    pub cgroups: usize,
+    pub scopes: usize,
+    pub ports: usize,
+}
+
+/// Map-ready output of [`compile`]. Every id carries the parity bit.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    pub parity: u32,
+    /// [`config_flags`].
+    pub flags: u32,
+    /// Cgroup path (relative to the cgroup2 root) to cgroup class.
+    pub cgroups: Vec<(String, u32)>,
+    pub scopes: Vec<(ScopeKey, ScopeValue)>,
+    /// (prefix length including the 32 scope bits, key data, address class).
+    pub addr4: Vec<(u32, Addr4Data, u32)>,
+    pub addr6: Vec<(u32, Addr6Data, u32)>,
+    /// (prefix length including class and protocol bits, key data, decision).
+    pub ports: Vec<(u32, PortData, Decision)>,
+    pub rules: Vec<RuleInfo>,
+    pub summary: Summary,
+}
+
+/// Hands out ids `first..` for distinct keys.
+struct Interner<K> {
+    ids: HashMap<K, u32>,
+    next: u32,
+    what: &'static str,
+}
+
+impl<K: Hash + Eq> Interner<K> {
+    fn new(first: u32, what: &'static str) -> Self {
+        Self {
+            ids: HashMap::new(),
+            next: first,
+            what,
+        }
+    }
+
+    /// The key's id, and whether it is new.
+    fn intern(&mut self, key: K) -> Result<(u32, bool), CompileError> {
+        if let Some(id) = self.ids.get(&key) {
+            return Ok((*id, false));
+        }
+        let id = self.next;
+        if id >= PARITY_BIT {
+            return Err(CompileError::IdsExhausted(self.what));
+        }
+        self.next += 1;
+        self.ids.insert(key, id);
+        Ok((id, true))
+    }
+
+    /// The key's id; `on_new` sees keys the first time, with their new id.
+    fn intern_with(&mut self, key: K, on_new: impl FnOnce(u32, &K)) -> Result<u32, CompileError> {
+        if let Some(id) = self.ids.get(&key) {
+            return Ok(*id);
+        }
+        let id = self.next;
+        if id >= PARITY_BIT {
+            return Err(CompileError::IdsExhausted(self.what));
+        }
+        self.next += 1;
+        on_new(id, &key);
+        self.ids.insert(key, id);
+        Ok(id)
+    }
+}
+
+/// Compiles `policies` for the generation with `parity` (0 or [`PARITY_BIT`]).
+pub fn compile(
+    policies: &PolicySet,
+    cgroups: &CgroupResolution,
+    parity: u32,
+) -> Result<Compiled, CompileError> {
+    if parity != 0 && parity != PARITY_BIT {
+        return Err(CompileError::BadParity(parity));
+    }
+    let all = &policies.policies;
+    let mut out = Compiled {
+        parity,
+        rules: policies.rule_table(),
+        ..Compiled::default()
+    };
+    if all.iter().any(|p| p.selector.selects_cgroups()) {
+        out.flags |= config_flags::CGROUP_SELECTORS;
+    }
+    let classes = cgroup_classes(all, cgroups, parity, &mut out)?;
+    let scopes = scopes(all, &classes, parity, &mut out)?;
+
+    let mut by_id: Vec<Option<&Rule>> = Vec::new();
+    for rule in all.iter().flat_map(|p| &p.rules) {
+        let index = rule.id as usize;
+        if by_id.len() <= index {
+            by_id.resize(index + 1, None);
+        }
+        by_id[index] = Some(rule);
+    }
+    let mut addr_classes: Interner<(u32, Vec<u32>)> = Interner::new(1, "address classes");
+    for (members, scope) in scopes {
+        let applicable: Vec<&Policy> = members.iter().map(|i| &all[*i]).collect();
+        let rules: Vec<&Rule> = applicable.iter().flat_map(|p| &p.rules).collect();
+        for family in [Family::V4, Family::V6] {
+            for (prefix, set) in addr::classify(&rules, family) {
+                let class = addr_classes.intern_with((scope, set), |id, (_, set)| {
+                    let class_rules: Vec<&Rule> =
+                        set.iter().filter_map(|id| by_id[*id as usize]).collect();
+                    ports::emit(id | parity, &applicable, &class_rules, &mut out.ports);
+                })? | parity;
+                let scope_id = scope | parity;
+                match family {
+                    Family::V4 => {
+                        // Truncation is intended: IPv4 prefixes live in the low 32 bits.
+                        let bytes = (prefix.addr as u32).to_be_bytes();
+                        out.addr4.push((
+                            32 + u32::from(prefix.len),
+                            addr4_data(scope_id, bytes),
+                            class,
+                        ));
+                    }
+                    Family::V6 => {
+                        let bytes = prefix.addr.to_be_bytes();
+                        out.addr6.push((
+                            32 + u32::from(prefix.len),
+                            addr6_data(scope_id, bytes),
+                            class,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out.summary = Summary {
+        policies: all.len(),
+        rules: policies.rule_count(),
+        prefixes: out.addr4.len() + out.addr6.len(),
+        cgroups: out.cgroups.len(),
+        scopes: out.scopes.len(),
+        ports: out.ports.len(),
+    };
+    Ok(out)
+}
+
+/// Cgroup classes: for each selected path, the policies whose cgroup part selects it.
+/// Returns the classes (id without parity, member policy indexes); class 0 selects nothing.
+fn cgroup_classes(
+    all: &[Policy],
+    resolution: &CgroupResolution,
+    parity: u32,
+    out: &mut Compiled,
+) -> Result<Vec<(u32, Vec<usize>)>, CompileError> {
+    let mut paths = BTreeSet::new();
+    for selector in all.iter().map(|p| &p.selector) {
+        paths.extend(selector.cgroups.iter().cloned());
+        for unit in &selector.units {
+            let found = resolution.paths(unit).iter();
+            paths.extend(
+                found
+                    .map(|p| p.trim_end_matches('/').to_string())
+                    .filter(|p| !p.is_empty()),
+            );
+        }
+    }
+    let mut classes = vec![(0, Vec::new())];
+    let mut interner: Interner<Vec<usize>> = Interner::new(1, "cgroup classes");
+    for path in paths {
+        let members: Vec<usize> = (0..all.len())
+            .filter(|i| {
+                all[*i].selector.selects_cgroups() && all[*i].selector.matches_cgroup(&path)
+            })
+            .collect();
+        // Selection only grows with depth, so an empty class has no selected ancestor either
+        // and the kernel's "no entry" (class 0) says the same.
+        if members.is_empty() {
+            continue;
+        }
+        let (id, new) = interner.intern(members.clone())?;
+        if new {
+            classes.push((id, members));
+        }
+        out.cgroups.push((path, id | parity));
+    }
+    Ok(classes)
+}
+
+/// Scopes for every (cgroup class, uid): the applicable policy set, interned.
+/// Returns (member policy indexes, scope id without parity) of every distinct scope.
+fn scopes(
+    all: &[Policy],
+    classes: &[(u32, Vec<usize>)],
+    parity: u32,
+    out: &mut Compiled,
+) -> Result<Vec<(Vec<usize>, u32)>, CompileError> {
+    let uids: BTreeSet<u32> = all
+        .iter()
+        .flat_map(|p| p.selector.uids.iter().copied())
+        .collect();
+    let global: Vec<usize> = (0..all.len())
+        .filter(|i| !all[*i].selector.selects_cgroups())
+        .collect();
+    let mut interner: Interner<Vec<usize>> = Interner::new(1, "scopes");
+    let mut distinct = Vec::new();
+    for (class, members) in classes {
+        let mut base: Vec<usize> = members.iter().chain(&global).copied().collect();
+        base.sort_unstable();
+        let pick = |uid: Option<u32>| -> Vec<usize> {
+            base.iter()
+                .copied()
+                .filter(|i| match uid {
+                    Some(uid) => all[*i].selector.matches_uid(uid),
+                    None => all[*i].selector.uids.is_empty(),
+                })
+                .collect()
+        };
+        let any = pick(None);
+        let mut entries = vec![(ANY_UID, any.clone())];
+        for uid in &uids {
+            let set = pick(Some(*uid));
+            // The kernel falls back to ANY_UID, so identical entries would be redundant.
+            if set != any {
+                entries.push((*uid, set));
+            }
+        }
+        for (uid, set) in entries {
+            if set.is_empty() {
+                continue;
+            }
+            let (scope, new) = interner.intern(set.clone())?;
+            let applicable: Vec<&Policy> = set.iter().map(|i| &all[*i]).collect();
+            if new {
+                distinct.push((set, scope));
+            }
+            out.scopes.push((
+                ScopeKey {
+                    cgroup_class: class | parity,
+                    uid,
+                },
+                ScopeValue {
+                    scope: scope | parity,
+                    _pad: 0,
+                    default: decision_for(&applicable, &|_| false),
+                },
+            ));
+        }
+    }
+    Ok(distinct)
+}

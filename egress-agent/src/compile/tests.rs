@@ -1,0 +1,156 @@
+use std::net::IpAddr;
+use std::path::Path;
+
+use egress_common::{PARITY_BIT, verdict};
+
+use super::*;
+use crate::eval;
+use crate::policy::parse_str;
+
+const TWO: &str = r#"
+apiVersion: egress.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: outer}
+spec:
+  selector: {cgroups: [/system.slice]}
+  egress:
+    - name: no-docs
+      action: deny
+      to: [{cidr: 203.0.113.0/24, except: [203.0.113.128/25]}, {cidr: "2001:db8::/32"}]
+      ports: ["8000-8100", 443]
+---
+apiVersion: egress.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: inner}
+spec:
+  selector: {cgroups: [/system.slice/app.service], uids: [1000]}
+  defaultAction: deny
+  log: deny
+  egress:
+    - name: dns
+      action: allow
+      to: [{entity: any}]
+      protocol: udp
+      ports: [53]
+    - name: ping
+      action: allow
+      to: [{entity: private}]
+      protocol: icmp
+"#;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("valid test input")
+}
+
+#[test]
+fn nested_cgroups_get_both_policies() {
+    let set = parse_str(Path::new("t.yaml"), TWO).expect("valid test input");
+    let compiled =
+        compile(&set, &CgroupResolution::default(), PARITY_BIT).expect("valid test input");
+    assert_eq!(compiled.cgroups.len(), 2);
+    assert_eq!(compiled.flags, config_flags::CGROUP_SELECTORS);
+    assert!(compiled.cgroups.iter().all(|(_, c)| c & PARITY_BIT != 0));
+    let sim = mapsim::MapSim::new(&compiled);
+    let cases = [
+        ("/system.slice/app.service/x", 1000, "203.0.113.1", 6, 8050),
+        ("/system.slice/app.service", 1000, "203.0.113.200", 6, 8050),
+        ("/system.slice/app.service", 1000, "8.8.8.8", 17, 53),
+        ("/system.slice/app.service", 1000, "10.1.1.1", 1, 0),
+        ("/system.slice/app.service", 1001, "2001:db8::1", 6, 443),
+        ("/system.slice/app.service", 1000, "2001:db8::1", 47, 0),
+        ("/user.slice", 1000, "203.0.113.1", 6, 443),
+    ];
+    for (cg, uid, dst, proto, port) in cases {
+        let want = eval::decide(&set, cg, uid, ip(dst), proto, port);
+        assert_eq!(
+            sim.decide(cg, uid, ip(dst), proto, port),
+            want,
+            "{cg} {uid} {dst} {proto} {port}"
+        );
+    }
+    let d = sim.decide("/system.slice/app.service", 1000, ip("203.0.113.1"), 6, 443);
+    assert_eq!(d.verdict, verdict::DENY);
+}
+
+#[test]
+fn million_scale_prefixes_compile() {
+    let mut text = String::from(
+        "apiVersion: egress.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: big}\nspec:\n  egress:\n    - name: many\n      action: deny\n      to:\n",
+    );
+    // 200k disjoint /32s plus a covering /8 with excepts.
+    for i in 0..200_000u32 {
+        let a = 0x0b00_0000 + i * 3;
+        let [b0, b1, b2, b3] = a.to_be_bytes();
+        text.push_str(&format!("        - cidr: {b0}.{b1}.{b2}.{b3}/32\n"));
+    }
+    text.push_str("        - {cidr: 11.0.0.0/8, except: [11.0.0.0/16]}\n");
+    let set = parse_str(Path::new("big.yaml"), &text).expect("valid test input");
+    let compiled = compile(&set, &CgroupResolution::default(), 0).expect("valid test input");
+    // Prefixes inside 11.0.0.0/16 are distinct from the except; the rest repeat the /8's class.
+    assert!(compiled.summary.prefixes >= 2);
+    let sim = mapsim::MapSim::new(&compiled);
+    for dst in ["11.0.0.3", "11.0.0.4", "11.2.0.0", "12.0.0.0"] {
+        let want = eval::decide(&set, "/", 0, ip(dst), 6, 1);
+        assert_eq!(sim.decide("/", 0, ip(dst), 6, 1), want, "{dst}");
+    }
+}
+
+#[test]
+fn units_resolve_to_paths() {
+    let text = "apiVersion: egress.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: u}\nspec:\n  selector: {units: [a.service]}\n  defaultAction: deny\n";
+    let set = parse_str(Path::new("u.yaml"), text).expect("valid test input");
+    let mut res = CgroupResolution::default();
+    res.units
+        .insert("a.service".into(), vec!["/system.slice/a.service".into()]);
+    let compiled = compile(&set, &res, 0).expect("valid test input");
+    let sim = mapsim::MapSim::new(&compiled);
+    let d = sim.decide("/system.slice/a.service/sub", 0, ip("1.1.1.1"), 6, 80);
+    assert_eq!(d.verdict, verdict::DENY);
+    let d = sim.decide("/system.slice/b.service", 0, ip("1.1.1.1"), 6, 80);
+    assert_eq!(d, Decision::UNGOVERNED);
+}
+
+#[test]
+fn bad_parity_is_rejected() {
+    assert!(compile(&PolicySet::default(), &CgroupResolution::default(), 7).is_err());
+}
+
+/// Release-mode timing aid: `cargo test --release -- --ignored million --nocapture`.
+#[test]
+#[ignore = "benchmark: a million prefixes"]
+fn million_prefixes_benchmark() {
+    let rule = Rule {
+        id: 0,
+        name: "many".into(),
+        action: crate::policy::Action::Deny,
+        to: (0..1_000_000u32)
+            .map(|i| crate::policy::Destination::Cidr {
+                prefix: crate::policy::Prefix {
+                    family: Family::V4,
+                    addr: u128::from(0x0b00_0000 + i * 7),
+                    len: 32,
+                },
+                except: Vec::new(),
+            })
+            .collect(),
+        protocol: crate::policy::Protocol::Tcp,
+        ports: None,
+    };
+    let set = PolicySet::new(vec![Policy {
+        name: "big".into(),
+        selector: crate::policy::Selector::default(),
+        mode: crate::policy::Mode::Enforce,
+        default_action: crate::policy::Action::Allow,
+        log: crate::policy::LogMode::All,
+        rules: vec![rule],
+        default_id: 0,
+    }]);
+    let start = std::time::Instant::now();
+    let compiled = compile(&set, &CgroupResolution::default(), 0).expect("valid test input");
+    println!(
+        "{} prefixes in {:?}",
+        compiled.summary.prefixes,
+        start.elapsed()
+    );
+    assert_eq!(compiled.summary.prefixes, 1_000_000);
+}

@@ -1,0 +1,297 @@
+//! The policy language: the validated model, loading from YAML, and lints.
+//!
+//! See `docs/policy.md` for the format and the semantics that [`crate::eval`] implements.
+
+mod error;
+mod lint;
+mod load;
+pub mod net;
+mod probe;
+mod raw;
+mod scalar;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+
+pub use error::{Diagnostic, LoadError, Location};
+pub use load::{load, load_paths, parse_str, source_files};
+pub use net::{Entity, Family, Prefix};
+use serde::Deserialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Which decisions of a policy become events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogMode {
+    #[default]
+    All,
+    Deny,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    #[default]
+    Any,
+}
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Inclusive destination port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+/// Which workloads a policy applies to; every non-empty condition must hold. (The loader
+/// rejects empty lists, so empty always means "key absent".)
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// Cgroup v2 paths (normalized, starting with `/`); descendants included.
+    pub cgroups: Vec<String>,
+    /// systemd unit names, matched against any path component.
+    pub units: Vec<String>,
+    pub uids: Vec<u32>,
+}
+
+impl Selector {
+    /// Whether the selector names cgroups at all (by path or by unit).
+    pub fn selects_cgroups(&self) -> bool {
+        !self.cgroups.is_empty() || !self.units.is_empty()
+    }
+
+    /// The cgroup part of the selector (paths and units) holds for `path`.
+    pub fn matches_cgroup(&self, path: &str) -> bool {
+        let cgroup_ok =
+            self.cgroups.is_empty() || self.cgroups.iter().any(|c| path_is_below(path, c));
+        let unit_ok = self.units.is_empty()
+            || path
+                .split('/')
+                .any(|part| self.units.iter().any(|u| u == part));
+        cgroup_ok && unit_ok
+    }
+
+    pub fn matches_uid(&self, uid: u32) -> bool {
+        self.uids.is_empty() || self.uids.contains(&uid)
+    }
+
+    pub fn matches(&self, path: &str, uid: u32) -> bool {
+        self.matches_cgroup(path) && self.matches_uid(uid)
+    }
+}
+
+/// Whether `path` equals `ancestor` or lies below it, component-wise.
+pub fn path_is_below(path: &str, ancestor: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    let ancestor = ancestor.trim_end_matches('/');
+    path == ancestor
+        || path
+            .strip_prefix(ancestor)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// One entry of a rule's `to` list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Cidr {
+        prefix: Prefix,
+        except: Vec<Prefix>,
+    },
+    Entity(Entity),
+    /// Validated but not enforced yet.
+    Host(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Global id (see [`PolicySet::new`]).
+    pub id: u32,
+    pub name: String,
+    pub action: Action,
+    pub to: Vec<Destination>,
+    pub protocol: Protocol,
+    /// `None`: every port.
+    pub ports: Option<Vec<PortRange>>,
+}
+
+impl Rule {
+    /// Calls `f` with every enforced address entry: a prefix and the prefixes cut out of it.
+    pub fn for_each_prefix(&self, mut f: impl FnMut(&Prefix, &[Prefix])) {
+        for dest in &self.to {
+            match dest {
+                Destination::Cidr { prefix, except } => f(prefix, except),
+                Destination::Entity(e) => e.prefixes().iter().for_each(|p| f(p, &[])),
+                Destination::Host(_) => {}
+            }
+        }
+    }
+
+    pub fn matches_ip(&self, ip: IpAddr) -> bool {
+        let mut hit = false;
+        self.for_each_prefix(|p, except| {
+            hit = hit || (p.contains_ip(ip) && !except.iter().any(|e| e.contains_ip(ip)));
+        });
+        hit
+    }
+
+    /// Whether the rule's protocol and ports admit a packet (`port` is ignored unless TCP/UDP).
+    pub fn matches_protocol(&self, protocol: u8, port: u16) -> bool {
+        let ports_ok = || {
+            self.ports
+                .as_ref()
+                .is_none_or(|r| r.iter().any(|r| r.contains(port)))
+        };
+        match self.protocol {
+            Protocol::Tcp => protocol == IPPROTO_TCP && ports_ok(),
+            Protocol::Udp => protocol == IPPROTO_UDP && ports_ok(),
+            Protocol::Icmp => protocol == IPPROTO_ICMP,
+            Protocol::Icmpv6 => protocol == IPPROTO_ICMPV6,
+            Protocol::Any if self.ports.is_none() => true,
+            Protocol::Any => (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP) && ports_ok(),
+        }
+    }
+
+    pub fn matches(&self, ip: IpAddr, protocol: u8, port: u16) -> bool {
+        self.matches_protocol(protocol, port) && self.matches_ip(ip)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub selector: Selector,
+    pub mode: Mode,
+    pub default_action: Action,
+    pub log: LogMode,
+    pub rules: Vec<Rule>,
+    /// Id of `name/default`.
+    pub default_id: u32,
+}
+
+/// One line of the rule id table: what an id in an event stands for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RuleInfo {
+    pub id: u32,
+    pub policy: String,
+    /// The rule name, or `default`.
+    pub rule: String,
+    #[serde(serialize_with = "ser_action")]
+    pub action: Action,
+    #[serde(serialize_with = "ser_mode")]
+    pub mode: Mode,
+}
+
+fn ser_action<S: serde::Serializer>(a: &Action, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(a.as_str())
+}
+
+fn ser_mode<S: serde::Serializer>(m: &Mode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match m {
+        Mode::Enforce => "enforce",
+        Mode::Audit => "audit",
+    })
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+/// Loaded policies, sorted by name, with their rule ids assigned, and the load's warnings.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    pub policies: Vec<Policy>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl PolicySet {
+    /// Sorts by name and assigns ids: per policy, its rules in file order, then its default.
+    /// Names must be unique (the loader checks).
+    pub fn new(mut policies: Vec<Policy>) -> Self {
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut next = 1;
+        for policy in &mut policies {
+            for rule in &mut policy.rules {
+                rule.id = next;
+                next += 1;
+            }
+            policy.default_id = next;
+            next += 1;
+        }
+        Self {
+            policies,
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn rule_table(&self) -> Vec<RuleInfo> {
+        let mut table = Vec::new();
+        for p in &self.policies {
+            for r in &p.rules {
+                table.push(RuleInfo {
+                    id: r.id,
+                    policy: p.name.clone(),
+                    rule: r.name.clone(),
+                    action: r.action,
+                    mode: p.mode,
+                });
+            }
+            table.push(RuleInfo {
+                id: p.default_id,
+                policy: p.name.clone(),
+                rule: "default".into(),
+                action: p.default_action,
+                mode: p.mode,
+            });
+        }
+        table
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.policies.iter().map(|p| p.rules.len()).sum()
+    }
+
+    /// Enforced destination prefixes named by all rules (entities expanded, excepts counted).
+    pub fn prefix_count(&self) -> usize {
+        let mut count = 0;
+        for rule in self.policies.iter().flat_map(|p| &p.rules) {
+            rule.for_each_prefix(|_, except| count += 1 + except.len());
+        }
+        count
+    }
+}

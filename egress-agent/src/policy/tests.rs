@@ -1,0 +1,281 @@
+//! One test per error class: exact positions and the key words of each message.
+
+use std::path::Path;
+
+use super::{Diagnostic, LoadError, parse_str};
+
+const HEAD: &str =
+    "apiVersion: egress.dev/v1alpha1\nkind: EgressPolicy\nmetadata:\n  name: p\nspec:\n";
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    match parse_str(Path::new("f.yaml"), text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(LoadError::Invalid(d)) => d,
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+/// The single error of `spec` (appended to a valid header): (line, column, message).
+fn error(spec: &str) -> (usize, usize, String) {
+    let text = format!("{HEAD}{spec}");
+    let all = errors(&text);
+    assert_eq!(all.len(), 1, "{all:?}");
+    let d = &all[0];
+    let l = d.location.unwrap_or_else(|| panic!("no location: {d}"));
+    (l.line, l.column, d.message.clone())
+}
+
+fn assert_error(spec: &str, line: usize, column: usize, words: &[&str]) {
+    let (l, c, message) = error(spec);
+    for w in words {
+        assert!(message.contains(w), "{message:?} lacks {w:?}");
+    }
+    assert_eq!((l, c), (line, column), "{message}");
+}
+
+#[test]
+fn unknown_field_suggests() {
+    assert_error(
+        "  defaultActon: deny\n",
+        6,
+        3,
+        &[
+            "unknown field `defaultActon`",
+            "did you mean `defaultAction`?",
+        ],
+    );
+}
+
+#[test]
+fn unknown_variant_suggests() {
+    assert_error(
+        "  mode: enforc\n",
+        6,
+        9,
+        &["unknown variant `enforc`", "did you mean `enforce`?"],
+    );
+}
+
+#[test]
+fn wrong_type() {
+    assert_error("  egress: 5\n", 6, 11, &["invalid type"]);
+}
+
+#[test]
+fn host_bits() {
+    let spec =
+        "  egress:\n    - name: r\n      action: deny\n      to:\n        - cidr: 203.0.113.1/24\n";
+    assert_error(
+        spec,
+        10,
+        17,
+        &["203.0.113.1/24 has host bits set; did you mean 203.0.113.0/24?"],
+    );
+}
+
+#[test]
+fn invalid_cidr() {
+    let spec = "  egress:\n    - name: r\n      action: deny\n      to: [{cidr: 300.1.1.1/8}]\n";
+    assert_error(spec, 9, 19, &["not a valid IP address"]);
+}
+
+#[test]
+fn mapped_ipv6() {
+    let spec = "  egress:\n    - name: r\n      action: deny\n      to: [{cidr: \"::ffff:10.0.0.0/104\"}]\n";
+    assert_error(spec, 9, 19, &["IPv4-mapped", "10.0.0.0/8"]);
+}
+
+#[test]
+fn port_zero() {
+    let spec = "  egress:\n    - name: r\n      action: deny\n      to: [{entity: any}]\n      ports: [443, 0]\n";
+    assert_error(spec, 10, 20, &["port 0"]);
+}
+
+#[test]
+fn port_range_out_of_order() {
+    let spec = "  egress:\n    - name: r\n      action: deny\n      to: [{entity: any}]\n      ports: [\"9000-8000\"]\n";
+    assert_error(spec, 10, 15, &["out of order", "8000-9000"]);
+}
+
+#[test]
+fn ports_with_icmp() {
+    let spec = "  egress:\n    - name: r\n      action: deny\n      to: [{entity: any}]\n      protocol: icmp\n      ports: [1]\n";
+    assert_error(spec, 7, 7, &["ports only apply to tcp, udp or any", "icmp"]);
+}
+
+#[test]
+fn except_outside_cidr() {
+    let spec = "  egress:\n    - name: r\n      action: deny\n      to:\n        - cidr: 10.0.0.0/8\n          except: [11.0.0.0/16]\n";
+    assert_error(
+        spec,
+        10,
+        11,
+        &["except 11.0.0.0/16 is not inside cidr 10.0.0.0/8"],
+    );
+}
+
+#[test]
+fn empty_to() {
+    let spec = "  egress:\n    - name: r\n      action: deny\n      to: []\n";
+    assert_error(spec, 9, 11, &["empty list"]);
+}
+
+#[test]
+fn unknown_entity() {
+    let spec =
+        "  egress:\n    - name: r\n      action: deny\n      to: [{entity: cloud-metdata}]\n";
+    assert_error(
+        spec,
+        9,
+        21,
+        &[
+            "unknown variant `cloud-metdata`",
+            "did you mean `cloud-metadata`?",
+        ],
+    );
+}
+
+#[test]
+fn bad_host() {
+    let spec =
+        "  egress:\n    - name: r\n      action: deny\n      to: [{host: \"bad_host!.com\"}]\n";
+    assert_error(spec, 9, 19, &["invalid host"]);
+}
+
+#[test]
+fn duplicate_rule_names() {
+    let spec = "  egress:\n    - name: r\n      action: deny\n      to: [{entity: any}]\n    - name: r\n      action: allow\n      to: [{entity: any}]\n";
+    assert_error(
+        spec,
+        10,
+        13,
+        &["duplicate rule name `r`", "first at line 7, column 13"],
+    );
+}
+
+#[test]
+fn unsupported_keys() {
+    assert_error(
+        "  inbound:\n    - from: x\n",
+        7,
+        5,
+        &["`spec.inbound` is not supported yet"],
+    );
+    assert_error("  dns: {}\n", 6, 8, &["`spec.dns` is not supported yet"]);
+    assert_error(
+        "  ingress: []\n",
+        6,
+        12,
+        &["`spec.ingress` is not supported yet"],
+    );
+    assert_error(
+        "  selector:\n    pods: [a]\n",
+        7,
+        11,
+        &["`selector.pods` is not supported yet"],
+    );
+}
+
+#[test]
+fn bad_api_version_and_kind() {
+    let text = "apiVersion: egress.dev/v2\nkind: EgressPolicy\nmetadata: {name: p}\nspec: {}\n";
+    let d = &errors(text)[0];
+    assert_eq!(d.location.map(|l| (l.line, l.column)), Some((1, 13)));
+    assert!(d.message.contains("unsupported apiVersion"), "{d}");
+    let text = "apiVersion: egress.dev/v1alpha1\nkind: Policy\nmetadata: {name: p}\nspec: {}\n";
+    let d = &errors(text)[0];
+    assert_eq!(d.location.map(|l| (l.line, l.column)), Some((2, 7)));
+    assert!(d.message.contains("unsupported kind"), "{d}");
+}
+
+#[test]
+fn bad_policy_name() {
+    let text = "apiVersion: egress.dev/v1alpha1\nkind: EgressPolicy\nmetadata:\n  name: Bad_Name\nspec: {}\n";
+    let d = &errors(text)[0];
+    assert_eq!(d.location.map(|l| (l.line, l.column)), Some((4, 9)));
+    assert!(d.message.contains("invalid policy name `Bad_Name`"), "{d}");
+}
+
+#[test]
+fn duplicate_policy_names_across_documents() {
+    let doc =
+        "apiVersion: egress.dev/v1alpha1\nkind: EgressPolicy\nmetadata:\n  name: same\nspec: {}\n";
+    let text = format!("{doc}---\n{doc}");
+    let all = errors(&text);
+    assert_eq!(all.len(), 1, "{all:?}");
+    let d = &all[0];
+    assert_eq!(d.location.map(|l| (l.line, l.column)), Some((10, 9)));
+    assert!(
+        d.message
+            .contains("duplicate policy name `same`; first defined at f.yaml:4:9"),
+        "{d}"
+    );
+}
+
+#[test]
+fn missing_field_and_bad_uid() {
+    assert_error(
+        "  egress:\n    - name: r\n      to: [{entity: any}]\n",
+        7,
+        7,
+        &["missing field `action`"],
+    );
+    assert_error(
+        "  selector: {uids: [-1]}\n",
+        6,
+        21,
+        &["uid -1 is out of range"],
+    );
+    assert_error(
+        "  selector: {cgroups: [system.slice]}\n",
+        6,
+        24,
+        &["must start with `/`"],
+    );
+}
+
+#[test]
+fn errors_of_all_documents_are_collected() {
+    let bad = format!("{HEAD}  mode: x\n");
+    let text = format!("{bad}---\n{bad}");
+    let all = errors(&text);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(all[1].location.map(|l| l.line), Some(13));
+    assert!(all[0].to_string().starts_with("f.yaml:6:9: "), "{}", all[0]);
+}
+
+#[test]
+fn warnings_have_positions() {
+    let text = format!(
+        "{HEAD}  defaultAction: deny\n  egress:\n    - name: web\n      action: allow\n      to: [{{cidr: 10.0.0.0/8}}, {{host: api.example.com}}]\n    - name: web2\n      action: allow\n      to: [{{cidr: 10.1.0.0/16}}]\n    - name: block\n      action: deny\n      to: [{{cidr: 10.0.0.0/8}}]\n      protocol: tcp\n    - name: web3\n      action: allow\n      to: [{{cidr: 10.2.0.0/16}}]\n      protocol: tcp\n      ports: [443]\n"
+    );
+    let set = parse_str(Path::new("f.yaml"), &text).expect("valid test input");
+    let rendered: Vec<String> = set.warnings.iter().map(|w| w.render("warning")).collect();
+    let expect = [
+        "f.yaml:10:32: warning: host `api.example.com` is ignored",
+        "f.yaml:11:13: warning: rule `web2` is shadowed by earlier rule `web`",
+        "f.yaml:18:13: warning: allow rule `web3` lies entirely inside deny rule `block`",
+    ];
+    assert_eq!(rendered.len(), expect.len(), "{rendered:#?}");
+    for (got, want) in rendered.iter().zip(expect) {
+        assert!(
+            got.starts_with(want),
+            "{got}\n  does not start with\n{want}"
+        );
+    }
+}
+
+#[test]
+fn allowlist_without_dns_warns_at_the_policy_name() {
+    let text = format!(
+        "{HEAD}  defaultAction: deny\n  egress:\n    - name: web\n      action: allow\n      to: [{{cidr: 10.0.0.0/8}}]\n      protocol: tcp\n      ports: [443]\n"
+    );
+    let set = parse_str(Path::new("f.yaml"), &text).expect("valid test input");
+    let rendered: Vec<String> = set.warnings.iter().map(|w| w.render("warning")).collect();
+    assert_eq!(rendered.len(), 1, "{rendered:?}");
+    assert!(
+        rendered[0]
+            .starts_with("f.yaml:4:9: warning: policy `p` denies by default but allows no DNS"),
+        "{rendered:?}"
+    );
+}
