@@ -1,0 +1,134 @@
+//! Kernel connection events, decoded and enriched into records.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
+
+use egress_common::{ConnectionEvent, Direction, NO_RULE};
+
+use super::{
+    BootClock,
+    clock::rfc3339,
+    record::{ConnectionRecord, protocol_name, verdict_name},
+};
+use crate::cgroup::{PathCache, unit_of};
+
+/// Reads one event from a ring buffer item; `None` when the size does not match, which
+/// means the agent and the kernel program disagree on the layout.
+pub fn decode_event(bytes: &[u8]) -> Option<ConnectionEvent> {
+    if bytes.len() < size_of::<ConnectionEvent>() {
+        return None;
+    }
+    // SAFETY: the length is checked above; ConnectionEvent is plain data valid for every bit
+    // pattern, and read_unaligned does not require the ring buffer's alignment.
+    Some(unsafe { bytes.as_ptr().cast::<ConnectionEvent>().read_unaligned() })
+}
+
+/// Rule id → (policy name, rule name) in one generation.
+pub type GenerationRules = HashMap<u32, (String, String)>;
+
+/// The rule names of each generation still referenced by events in flight.
+#[derive(Debug, Default)]
+pub struct RuleNames {
+    generations: BTreeMap<u64, Arc<GenerationRules>>,
+}
+
+impl RuleNames {
+    /// Generations kept: events of older ones are named only by id.
+    const KEEP: usize = 8;
+
+    pub fn insert(&mut self, generation: u64, names: GenerationRules) {
+        self.generations.insert(generation, Arc::new(names));
+        while self.generations.len() > Self::KEEP {
+            self.generations.pop_first();
+        }
+    }
+
+    fn lookup(&self, generation: u64, rule: u32) -> Option<&(String, String)> {
+        if rule == NO_RULE {
+            return None;
+        }
+        self.generations.get(&generation)?.get(&rule)
+    }
+}
+
+fn address(ip_version: u8, bytes: [u8; 16]) -> IpAddr {
+    if ip_version == 4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    }
+}
+
+/// Turns an event into a record (without `seq`, which the sink assigns).
+pub fn enrich(
+    event: &ConnectionEvent,
+    clock: &BootClock,
+    rules: &RuleNames,
+    cgroups: &mut PathCache,
+) -> ConnectionRecord {
+    let ConnectionEvent {
+        boot_ns,
+        generation,
+        cgroup_id,
+        socket_cookie: _,
+        rule,
+        audit_rule: _,
+        uid,
+        pid,
+        src,
+        dst,
+        src_port,
+        dst_port,
+        ip_version,
+        protocol,
+        verdict,
+        audit_verdict,
+        direction,
+        icmp_type: _,
+        _pad,
+        dropped_packets,
+        comm,
+    } = *event;
+    let has_ports = matches!(protocol, 6 | 17);
+    let cgroup = cgroups
+        .path_of(cgroup_id)
+        .map_or_else(|| format!("id:{cgroup_id}"), str::to_owned);
+    let unit = unit_of(&cgroup).map(str::to_owned);
+    let (policy, rule) = rules
+        .lookup(generation, rule)
+        .map(|(policy, rule)| (policy.clone(), rule.clone()))
+        .unzip();
+    let comm_len = comm
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(comm.len());
+    ConnectionRecord {
+        seq: 0,
+        time: rfc3339(clock.wall(boot_ns)),
+        kind: "connection",
+        direction: if direction == Direction::Ingress as u8 {
+            "ingress"
+        } else {
+            "egress"
+        },
+        verdict: verdict_name(verdict).unwrap_or("allow"),
+        audit_verdict: verdict_name(audit_verdict),
+        policy,
+        rule,
+        generation,
+        protocol: protocol_name(protocol),
+        src_ip: address(ip_version, src),
+        src_port: has_ports.then_some(src_port),
+        dst_ip: address(ip_version, dst),
+        dst_port: has_ports.then_some(dst_port),
+        cgroup,
+        unit,
+        uid,
+        pid: (pid != 0).then_some(pid),
+        comm: (comm_len > 0).then(|| String::from_utf8_lossy(&comm[..comm_len]).into_owned()),
+        dropped_packets: (dropped_packets > 0).then_some(dropped_packets),
+    }
+}

@@ -1,0 +1,249 @@
+//! Writes compiled policy generations into the kernel maps, double-buffered.
+//!
+//! Every entry of a generation carries its parity (see `egress_common`). A new generation is
+//! written beside the active one, then one store to the config map switches the program to
+//! it, then the old generation's entries are removed. A failure while writing removes what
+//! was written and leaves the active generation untouched and in force.
+
+use std::{thread, time::Duration};
+
+use aya::maps::{
+    Array, HashMap, MapData, MapError,
+    lpm_trie::{Key, LpmTrie},
+};
+use egress_common::{
+    Addr4Data, Addr6Data, CgroupKey, Decision, PARITY_BIT, PortData, RuntimeConfig, ScopeKey,
+    ScopeValue, maps,
+};
+
+use super::{DatapathError, take};
+use crate::{cgroup::Hierarchy, compile::Compiled};
+
+/// Programs that read the old parity finish within microseconds (they run inside an RCU
+/// read-side section and never sleep); removing the old entries this long after the switch
+/// cannot pull them from under a running program.
+const RETIRE_GRACE: Duration = Duration::from_millis(20);
+
+#[derive(Debug, thiserror::Error)]
+#[error("writing {what} of generation {generation} failed: {source}")]
+pub struct WriteError {
+    what: &'static str,
+    generation: u64,
+    #[source]
+    source: MapError,
+}
+
+/// What the active generation wrote, so it can be removed when it is replaced.
+#[derive(Default)]
+struct Written {
+    cgroups: Vec<CgroupKey>,
+    scopes: Vec<ScopeKey>,
+    addr4: Vec<Key<Addr4Data>>,
+    addr6: Vec<Key<Addr6Data>>,
+    ports: Vec<Key<PortData>>,
+}
+
+/// The result of applying a generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub generation: u64,
+    pub parity: u32,
+    /// Cgroup paths the policy names that do not exist (yet); they govern nothing until the
+    /// next apply finds them.
+    pub missing_cgroups: Vec<String>,
+    pub entries: usize,
+}
+
+pub struct GenerationWriter {
+    config: Array<MapData, RuntimeConfig>,
+    cgroups: HashMap<MapData, CgroupKey, u32>,
+    scopes: HashMap<MapData, ScopeKey, ScopeValue>,
+    addr4: LpmTrie<MapData, Addr4Data, u32>,
+    addr6: LpmTrie<MapData, Addr6Data, u32>,
+    ports: LpmTrie<MapData, PortData, Decision>,
+    active: RuntimeConfig,
+    written: Written,
+}
+
+impl GenerationWriter {
+    pub(super) fn new(ebpf: &mut aya::Ebpf) -> Result<Self, DatapathError> {
+        let config: Array<MapData, RuntimeConfig> = take(ebpf, maps::CONFIG)?;
+        let active = config.get(&0, 0).map_err(|source| DatapathError::Map {
+            name: maps::CONFIG,
+            source,
+        })?;
+        Ok(Self {
+            config,
+            cgroups: take(ebpf, maps::CGROUP_CLASSES)?,
+            scopes: take(ebpf, maps::SCOPES)?,
+            addr4: take(ebpf, maps::ADDR4)?,
+            addr6: take(ebpf, maps::ADDR6)?,
+            ports: take(ebpf, maps::PORTS)?,
+            active,
+            written: Written::default(),
+        })
+    }
+
+    /// The active generation (0 before the first apply).
+    pub fn active(&self) -> RuntimeConfig {
+        self.active
+    }
+
+    /// The parity the next generation must be compiled with.
+    pub fn next_parity(&self) -> u32 {
+        if self.active.generation == 0 {
+            0
+        } else {
+            self.active.parity ^ PARITY_BIT
+        }
+    }
+
+    /// Writes `compiled` (compiled with [`Self::next_parity`]) and switches to it.
+    pub fn apply(
+        &mut self,
+        compiled: &Compiled,
+        hierarchy: &Hierarchy,
+    ) -> Result<Applied, WriteError> {
+        let generation = self.active.generation + 1;
+        let parity = self.next_parity();
+        let mut written = Written::default();
+        let mut missing_cgroups = Vec::new();
+        if let Err(err) = self.write_all(
+            compiled,
+            hierarchy,
+            generation,
+            parity,
+            &mut written,
+            &mut missing_cgroups,
+        ) {
+            self.remove(&written);
+            return Err(err);
+        }
+        let next = RuntimeConfig {
+            generation,
+            parity,
+            flags: compiled.flags,
+        };
+        if let Err(source) = self.config.set(0, next, 0) {
+            self.remove(&written);
+            return Err(WriteError {
+                what: "the config switch",
+                generation,
+                source,
+            });
+        }
+        self.active = next;
+        let retired = std::mem::replace(&mut self.written, written);
+        thread::sleep(RETIRE_GRACE);
+        self.remove(&retired);
+        Ok(Applied {
+            generation,
+            parity,
+            missing_cgroups,
+            entries: self.written.len(),
+        })
+    }
+
+    fn write_all(
+        &mut self,
+        compiled: &Compiled,
+        hierarchy: &Hierarchy,
+        generation: u64,
+        parity: u32,
+        written: &mut Written,
+        missing_cgroups: &mut Vec<String>,
+    ) -> Result<(), WriteError> {
+        let fail = |what| {
+            move |source| WriteError {
+                what,
+                generation,
+                source,
+            }
+        };
+        for (path, class) in &compiled.cgroups {
+            let Ok(cgroup_id) = hierarchy.id_of(path) else {
+                missing_cgroups.push(path.clone());
+                continue;
+            };
+            let key = CgroupKey {
+                cgroup_id,
+                parity,
+                _pad: 0,
+            };
+            self.cgroups
+                .insert(key, class, 0)
+                .map_err(fail("a cgroup class"))?;
+            written.cgroups.push(key);
+        }
+        for (key, value) in &compiled.scopes {
+            self.scopes.insert(key, value, 0).map_err(fail("a scope"))?;
+            written.scopes.push(*key);
+        }
+        for (prefix_len, data, class) in &compiled.addr4 {
+            let key = Key::new(*prefix_len, *data);
+            self.addr4
+                .insert(&key, class, 0)
+                .map_err(fail("an IPv4 prefix"))?;
+            written.addr4.push(key);
+        }
+        for (prefix_len, data, class) in &compiled.addr6 {
+            let key = Key::new(*prefix_len, *data);
+            self.addr6
+                .insert(&key, class, 0)
+                .map_err(fail("an IPv6 prefix"))?;
+            written.addr6.push(key);
+        }
+        for (prefix_len, data, decision) in &compiled.ports {
+            let key = Key::new(*prefix_len, *data);
+            self.ports
+                .insert(&key, decision, 0)
+                .map_err(fail("a port entry"))?;
+            written.ports.push(key);
+        }
+        Ok(())
+    }
+
+    /// Removes entries no program can reach any more. A failure here leaves unreachable
+    /// entries behind (they cost capacity, not correctness), so it is logged, not returned.
+    fn remove(&mut self, written: &Written) {
+        let Written {
+            cgroups,
+            scopes,
+            addr4,
+            addr6,
+            ports,
+        } = written;
+        let mut failures = 0usize;
+        for key in cgroups {
+            failures += usize::from(self.cgroups.remove(key).is_err());
+        }
+        for key in scopes {
+            failures += usize::from(self.scopes.remove(key).is_err());
+        }
+        for key in addr4 {
+            failures += usize::from(self.addr4.remove(key).is_err());
+        }
+        for key in addr6 {
+            failures += usize::from(self.addr6.remove(key).is_err());
+        }
+        for key in ports {
+            failures += usize::from(self.ports.remove(key).is_err());
+        }
+        if failures > 0 {
+            tracing::warn!(failures, "some retired map entries could not be removed");
+        }
+    }
+}
+
+impl Written {
+    fn len(&self) -> usize {
+        let Self {
+            cgroups,
+            scopes,
+            addr4,
+            addr6,
+            ports,
+        } = self;
+        cgroups.len() + scopes.len() + addr4.len() + addr6.len() + ports.len()
+    }
+}

@@ -1,0 +1,12 @@
+//! The egress agent: compiles YAML policy into the kernel program's maps, enforces it, and
+//! streams decisions into an audit log. The `egress` binary is a thin shell around this.
+
+pub mod agent;
+pub mod audit;
+pub mod cgroup;
+pub mod cli;
+pub mod compile;
+pub mod datapath;
+pub mod enforcer;
+pub mod eval;
+pub mod policy;
