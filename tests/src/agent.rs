@@ -1,0 +1,279 @@
+//! The agent under test, and queries about what it attached.
+
+use std::{
+    collections::BTreeSet,
+    env, fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, PoisonError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::{
+    cgroup::cgroup2_root,
+    error::{FixtureError, IoContext as _, Result, check_output},
+    process::{run_bounded, sibling_of_target_dir},
+};
+
+/// The line substring the agent logs once enforcement is in place.
+pub const READY_MARKER: &str = "enforcing policy";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Path of the agent binary: `$EGRESS_BIN`, else `egress` next to the test executable.
+pub fn egress_bin() -> Result<PathBuf> {
+    match env::var_os("EGRESS_BIN") {
+        Some(path) => Ok(path.into()),
+        None => sibling_of_target_dir("egress"),
+    }
+}
+
+/// A running `egress agent`; stopped with SIGTERM (then SIGKILL after 5 s) on drop.
+pub struct AgentGuard {
+    child: Option<Child>,
+    output: Arc<Mutex<String>>,
+    dir: TempDir,
+}
+
+fn collect(pipe: Option<impl std::io::Read + Send + 'static>, output: &Arc<Mutex<String>>) {
+    if let Some(pipe) = pipe {
+        let output = Arc::clone(output);
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut out = output.lock().unwrap_or_else(PoisonError::into_inner);
+                out.push_str(&line);
+                out.push('\n');
+            }
+        });
+    }
+}
+
+impl AgentGuard {
+    /// Writes `policy_yaml` to a temporary file and starts the agent with it.
+    ///
+    /// # Panics
+    /// When the agent cannot start or does not log `enforcing policy` within 30 s: the
+    /// panic message carries its whole output. A test never skips because BPF is missing.
+    pub fn start(policy_yaml: &str) -> Self {
+        let bin = egress_bin().unwrap_or_else(|e| panic!("{e}"));
+        Self::start_program(&bin, policy_yaml)
+    }
+
+    /// As [`AgentGuard::start`], with another agent binary (e.g. a stand-in).
+    ///
+    /// # Panics
+    /// As [`AgentGuard::start`].
+    pub fn start_program(bin: &Path, policy_yaml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"));
+        let policy = dir.path().join("policy.yaml");
+        fs::write(&policy, policy_yaml).unwrap_or_else(|e| panic!("writing the policy: {e}"));
+        Self::start_in(bin, dir, &policy)
+    }
+
+    /// Starts the agent with an existing policy file.
+    ///
+    /// # Panics
+    /// As [`AgentGuard::start`].
+    pub fn start_with_file(policy: &Path) -> Self {
+        let bin = egress_bin().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"));
+        Self::start_in(&bin, dir, policy)
+    }
+
+    fn start_in(bin: &Path, dir: TempDir, policy: &Path) -> Self {
+        let audit = dir.path().join("audit.jsonl");
+        let mut cmd = Command::new(bin);
+        cmd.arg("agent")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--audit-log")
+            .arg(&audit)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let output = Arc::new(Mutex::new(String::new()));
+        collect(child.stdout.take(), &output);
+        collect(child.stderr.take(), &output);
+        let mut guard = Self {
+            child: Some(child),
+            output,
+            dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if guard.output().contains(READY_MARKER) {
+                return guard;
+            }
+            let exited = guard
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok())
+                .flatten();
+            if exited.is_some() || Instant::now() >= deadline {
+                thread::sleep(Duration::from_millis(200));
+                let why = exited.map_or_else(
+                    || format!("did not log `{READY_MARKER}` within {START_TIMEOUT:?}"),
+                    |s| format!("exited ({s}) before enforcing"),
+                );
+                let output = guard.output();
+                drop(guard);
+                panic!(
+                    "the agent {why}; eBPF could not be put in place and this test fails \
+                     (it never skips).\n--- agent output ---\n{output}--- end ---"
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything the agent printed so far (stderr and stdout, line by line).
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The agent's PID while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The audit log path.
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    /// Every complete JSON line of the audit log so far (a missing file means none).
+    pub fn audit_records(&self) -> Vec<Value> {
+        let text = fs::read_to_string(self.audit_path()).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits up to `timeout` for an audit record matching `pred`.
+    pub fn wait_for_record(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.audit_records().into_iter().find(|r| pred(r)) {
+                return Some(found);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent (SIGTERM, SIGKILL after 5 s) and returns how it exited.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            return Err(FixtureError::Other(
+                "the agent was already stopped".to_owned(),
+            ));
+        };
+        let pid = libc::pid_t::try_from(child.id())
+            .map_err(|e| FixtureError::Other(format!("agent pid: {e}")))?;
+        // SAFETY: signals our own child, which has not been reaped yet.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child
+                .try_wait()
+                .ctx(|| "waiting for the agent".to_owned())?
+            {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                eprintln!(
+                    "egress-tests: the agent ignored SIGTERM for {STOP_TIMEOUT:?}; killing it"
+                );
+                child.kill().ctx(|| "killing the agent".to_owned())?;
+                return child.wait().ctx(|| "reaping the agent".to_owned());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        if self.child.is_some()
+            && let Err(e) = self.stop()
+        {
+            eprintln!("egress-tests: stopping the agent: {e}");
+        }
+    }
+}
+
+/// IDs of the programs attached to the cgroup2 root at an egress hook, per
+/// `bpftool -j cgroup show <root>`.
+pub fn root_egress_programs() -> Result<BTreeSet<u64>> {
+    let root = cgroup2_root()?;
+    let mut cmd = Command::new("bpftool");
+    cmd.arg("-j").arg("cgroup").arg("show").arg(&root);
+    let out = run_bounded(&mut cmd, "bpftool", Duration::from_secs(10))?;
+    let text = check_output("bpftool -j cgroup show", &out)?;
+    parse_egress_programs(&text)
+}
+
+fn parse_egress_programs(json: &str) -> Result<BTreeSet<u64>> {
+    if json.trim().is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let value: Value = serde_json::from_str(json)
+        .map_err(|e| FixtureError::Other(format!("bpftool printed bad JSON ({e}): {json}")))?;
+    let progs = value.as_array().cloned().unwrap_or_default();
+    Ok(progs
+        .iter()
+        .filter(|p| {
+            p.get("attach_type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.contains("egress"))
+        })
+        .filter_map(|p| p.get("id").and_then(Value::as_u64))
+        .collect())
+}
+
+/// `bpftool cgroup tree <cgroup2 root>`, as text, for messages.
+pub fn cgroup_tree() -> Result<String> {
+    let root = cgroup2_root()?;
+    let mut cmd = Command::new("bpftool");
+    cmd.arg("cgroup").arg("tree").arg(&root);
+    let out = run_bounded(&mut cmd, "bpftool", Duration::from_secs(10))?;
+    check_output("bpftool cgroup tree", &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bpftool_json() {
+        let json = r#"[{"id":7,"attach_type":"cgroup_inet_egress","attach_flags":"multi","name":"egress"},
+                      {"id":8,"attach_type":"cgroup_inet_ingress","attach_flags":"","name":"x"}]"#;
+        let ids = parse_egress_programs(json).expect("parses");
+        assert_eq!(ids.into_iter().collect::<Vec<_>>(), vec![7]);
+        assert!(parse_egress_programs("").expect("empty").is_empty());
+    }
+}
