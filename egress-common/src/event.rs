@@ -64,6 +64,23 @@ pub struct FlowKey {
 pub struct FlowState {
     /// Generation whose decision was reported.
     pub generation: u64,
+    /// Packets of the flow dropped since it was reported (retransmissions fold in here).
+    pub dropped: u64,
     pub verdict: u8,
     pub _pad: [u8; 7],
+}
+
+/// Value of the `SOCKETS` map, keyed by socket cookie: who owns a socket, recorded in
+/// process context when it is created and again when it connects or sends to an address,
+/// so that packets sent later from softirq context (retransmissions, a process that already
+/// exited) are still attributed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOwner {
+    /// Thread group id (the process id as userspace sees it).
+    pub pid: u32,
+    /// The socket's owner uid (its creator's fsuid, as `bpf_get_socket_uid` reports).
+    pub uid: u32,
+    /// Command name, NUL padded.
+    pub comm: [u8; 16],
 }

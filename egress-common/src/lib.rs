@@ -27,7 +27,7 @@
 pub mod event;
 pub mod keys;
 
-pub use event::{ConnectionEvent, Direction};
+pub use event::{ConnectionEvent, Direction, SocketOwner};
 pub use keys::{Addr4Data, Addr6Data, CgroupKey, PortData, ScopeKey};
 
 /// Names of the maps, shared so the agent and the kernel program cannot disagree.
@@ -50,10 +50,50 @@ pub mod maps {
     pub const FLOWS: &str = "EGRESS_FLOWS";
     /// `PerCpuArray<u64>` indexed by [`crate::counter`].
     pub const COUNTERS: &str = "EGRESS_COUNTERS";
+    /// `LruHashMap<u64, SocketOwner>`: socket cookie → the process that created or connected it.
+    pub const SOCKETS: &str = "EGRESS_SOCKETS";
+    /// `PerCpuArray<RuleHits>` indexed by rule id: what each rule decided.
+    pub const RULE_HITS: &str = "EGRESS_RULE_HITS";
+    /// `LruHashMap<FlowKey, u8>`: UDP peers each socket has sent to, so that their replies
+    /// are not mistaken for new inbound flows.
+    pub const PEERS: &str = "EGRESS_PEERS";
+
+    /// Every map, for pinning.
+    pub const ALL: [&str; 12] = [
+        CONFIG,
+        CGROUP_CLASSES,
+        SCOPES,
+        ADDR4,
+        ADDR6,
+        PORTS,
+        EVENTS,
+        FLOWS,
+        COUNTERS,
+        SOCKETS,
+        RULE_HITS,
+        PEERS,
+    ];
+}
+
+/// Names of the programs in the object file, and where each attaches on the cgroup root.
+pub mod programs {
+    /// `cgroup_skb/egress`: judges every outbound packet (the backstop).
+    pub const EGRESS: &str = "egress_skb";
+    /// `cgroup_skb/ingress`: drops packets that would open new inbound connections or flows
+    /// to outbound-only workloads.
+    pub const INGRESS: &str = "egress_ingress_skb";
+    /// `cgroup/sock_create`: records who created each socket.
+    pub const SOCK_CREATE: &str = "egress_sock_create";
+    /// `cgroup/connect4` and `connect6`: reject denied destinations at `connect()` with EPERM.
+    pub const CONNECT4: &str = "egress_connect4";
+    pub const CONNECT6: &str = "egress_connect6";
+    /// `cgroup/sendmsg4` and `sendmsg6`: the same for unconnected `sendto()`/`sendmsg()`.
+    pub const SENDMSG4: &str = "egress_sendmsg4";
+    pub const SENDMSG6: &str = "egress_sendmsg6";
 }
 
 /// Name of the egress program in the object file.
-pub const EGRESS_PROGRAM: &str = "egress_skb";
+pub const EGRESS_PROGRAM: &str = programs::EGRESS;
 
 /// Capacities. The address tries hold two generations at once during a reload.
 pub mod capacity {
@@ -63,6 +103,10 @@ pub mod capacity {
     pub const ADDR6: u32 = 2_200_000;
     pub const PORTS: u32 = 1_048_576;
     pub const FLOWS: u32 = 65_536;
+    pub const SOCKETS: u32 = 65_536;
+    pub const PEERS: u32 = 131_072;
+    /// Rule ids the hit counters cover; rules with higher ids are decided but not counted.
+    pub const RULE_HITS: u32 = 65_536;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 23;
 }
@@ -98,7 +142,9 @@ pub mod counter {
     pub const EVENTS_LOST: u32 = 3;
     /// Packets whose headers could not be read (judged by the scope default, see the program).
     pub const MALFORMED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// `connect()` and `sendto()` calls rejected with EPERM before any packet was built.
+    pub const CALLS_DENIED: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// The single entry of [`maps::CONFIG`].
@@ -116,6 +162,12 @@ pub struct RuntimeConfig {
 pub mod config_flags {
     /// Some policy selects cgroups: the program walks the packet's cgroup ancestry.
     pub const CGROUP_SELECTORS: u32 = 1;
+    /// Some policy selects uids: scopes are looked up by uid before the any-uid entry.
+    pub const UID_SELECTORS: u32 = 2;
+    /// Some policy restricts inbound traffic (`spec.inbound: deny` or `spec.ingress` rules):
+    /// the ingress program judges new inbound flows, and the egress program records the UDP
+    /// peers sockets send to, so that their replies are known.
+    pub const INGRESS: u32 = 4;
 }
 
 /// What the program does with a packet, and what it reports.
@@ -147,15 +199,38 @@ impl Decision {
     };
 }
 
+/// What one rule decided on one CPU, in [`maps::RULE_HITS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleHits {
+    pub packets_allowed: u64,
+    pub packets_denied: u64,
+    /// Connections and flows (first packets, and calls rejected at `connect()`/`sendmsg()`).
+    pub connections_allowed: u64,
+    pub connections_denied: u64,
+    /// `bpf_ktime_get_boot_ns` of the last connection or flow start (or rejected call) this
+    /// rule decided on this CPU; later packets of a connection do not read the clock.
+    pub last_hit_boot_ns: u64,
+}
+
 /// Value of [`maps::SCOPES`].
+///
+/// The inbound direction uses the same address and port maps under ids of its own: the
+/// address tries are keyed by `ingress_scope` and the packet's *source* address, and
+/// `PORTS` by the resulting class and the *local* (destination) port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScopeValue {
-    /// Scope id (with the parity bit), the first part of the address keys.
+    /// Scope id (with the parity bit), the first part of the egress address keys.
     pub scope: u32,
-    pub _pad: u32,
-    /// Decision when no address or port entry matches.
+    /// Ingress scope id (with the parity bit), the first part of the ingress address keys.
+    pub ingress_scope: u32,
+    /// Egress decision when no address or port entry matches.
     pub default: Decision,
+    /// Decision for a new inbound connection or flow when no ingress entry matches.
+    /// `verdict::NONE` when no applicable policy restricts inbound traffic: the ingress
+    /// program then passes everything for this scope without looking further.
+    pub ingress_default: Decision,
 }
 
 #[cfg(feature = "user")]
@@ -164,8 +239,10 @@ mod pod {
     unsafe impl aya::Pod for super::RuntimeConfig {}
     unsafe impl aya::Pod for super::Decision {}
     unsafe impl aya::Pod for super::ScopeValue {}
+    unsafe impl aya::Pod for super::RuleHits {}
     unsafe impl aya::Pod for super::CgroupKey {}
     unsafe impl aya::Pod for super::ScopeKey {}
     unsafe impl aya::Pod for super::event::FlowKey {}
     unsafe impl aya::Pod for super::event::FlowState {}
+    unsafe impl aya::Pod for super::event::SocketOwner {}
 }

@@ -7,28 +7,50 @@ use egress_common::{
     keys::{self, ID_BITS, PORT_KEY_FULL_BITS},
 };
 
-use crate::{
-    maps::{EGRESS_ADDR4, EGRESS_ADDR6, EGRESS_PORTS},
-    packet::Packet,
-};
+use crate::maps::{EGRESS_ADDR4, EGRESS_ADDR6, EGRESS_PORTS};
 
-pub fn decide(scope: &ScopeValue, packet: &Packet) -> Decision {
-    let class = if packet.ip_version == 4 {
-        let addr = [packet.dst[0], packet.dst[1], packet.dst[2], packet.dst[3]];
-        let key = Key::new(ID_BITS + 32, keys::addr4_data(scope.scope, addr));
+/// Where a packet or call is going.
+pub struct Destination {
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// IPv4 addresses in the first four bytes.
+    pub addr: [u8; 16],
+    pub protocol: u8,
+    /// Destination port for TCP and UDP, 0 otherwise.
+    pub port: u16,
+}
+
+/// The egress decision for a packet or call to `to`.
+pub fn decide(scope: &ScopeValue, to: &Destination) -> Decision {
+    decide_in(scope.scope, &scope.default, to)
+}
+
+/// The ingress decision for a new inbound flow: `from` holds the remote (source) address
+/// and the local (destination) port.
+pub fn decide_inbound(scope: &ScopeValue, from: &Destination) -> Decision {
+    decide_in(scope.ingress_scope, &scope.ingress_default, from)
+}
+
+/// Both directions share the maps under ids of their own: (scope, address) → class, then
+/// (class, protocol, port) → decision, with `default` on any miss.
+#[inline(always)]
+fn decide_in(scope: u32, default: &Decision, to: &Destination) -> Decision {
+    let class = if to.ip_version == 4 {
+        let addr = [to.addr[0], to.addr[1], to.addr[2], to.addr[3]];
+        let key = Key::new(ID_BITS + 32, keys::addr4_data(scope, addr));
         EGRESS_ADDR4.get(&key).copied()
     } else {
-        let key = Key::new(ID_BITS + 128, keys::addr6_data(scope.scope, packet.dst));
+        let key = Key::new(ID_BITS + 128, keys::addr6_data(scope, to.addr));
         EGRESS_ADDR6.get(&key).copied()
     };
-    // No rule names this destination: the policies' defaults decide.
+    // No rule names this address: the policies' defaults decide.
     let Some(class) = class else {
-        return scope.default;
+        return *default;
     };
     let key = Key::new(
         PORT_KEY_FULL_BITS,
-        keys::port_data(class, packet.protocol, packet.dst_port),
+        keys::port_data(class, to.protocol, to.port),
     );
     // No rule of this class matches the protocol and port: the defaults decide.
-    EGRESS_PORTS.get(&key).copied().unwrap_or(scope.default)
+    EGRESS_PORTS.get(&key).copied().unwrap_or(*default)
 }

@@ -1,23 +1,14 @@
 //! Decision events and counters. Nothing here may change a verdict: a full ring buffer is
 //! counted and the packet is judged as if the event had been sent.
 
-use aya_ebpf::{
-    EbpfContext as _,
-    helpers::generated::{
-        bpf_get_socket_cookie, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
-    },
-    programs::SkBuffContext,
-};
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use egress_common::{
-    ConnectionEvent, Decision, Direction, RuntimeConfig, counter,
+    ConnectionEvent, Decision, RuntimeConfig, counter,
     event::{FlowKey, FlowState},
     verdict,
 };
 
-use crate::{
-    maps::{EGRESS_COUNTERS, EGRESS_EVENTS, EGRESS_FLOWS},
-    packet::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, Packet},
-};
+use crate::maps::{EGRESS_COUNTERS, EGRESS_EVENTS, EGRESS_FLOWS, EGRESS_RULE_HITS};
 
 pub fn count(index: u32) {
     if let Some(value) = EGRESS_COUNTERS.get_ptr_mut(index) {
@@ -26,81 +17,79 @@ pub fn count(index: u32) {
     }
 }
 
-/// Reports the packet if it starts a connection or flow that was not reported yet under
-/// this generation, and the deciding policies asked for it.
-pub fn report(ctx: &SkBuffContext, config: &RuntimeConfig, packet: &Packet, decision: &Decision) {
+/// Counts a decision against its rule. `first` marks the first packet of a connection or
+/// flow, or a rejected call; only those read the clock (it costs more than the counting).
+pub fn hit(decision: &Decision, first: bool) {
+    let Some(hits) = EGRESS_RULE_HITS.get_ptr_mut(decision.rule) else {
+        return; // a rule id beyond the counters' capacity: decided, not counted
+    };
+    let denied = decision.verdict == verdict::DENY;
+    // SAFETY: per-CPU slot, no other writer runs on this CPU while we hold it.
+    unsafe {
+        if denied {
+            (*hits).packets_denied += 1;
+            (*hits).connections_denied += u64::from(first);
+        } else {
+            (*hits).packets_allowed += 1;
+            (*hits).connections_allowed += u64::from(first);
+        }
+        if first {
+            (*hits).last_hit_boot_ns = bpf_ktime_get_boot_ns();
+        }
+    }
+}
+
+/// Reports a decision about `flow` once per generation and verdict, if the deciding
+/// policies asked for it. Later packets of a reported flow that are dropped again
+/// (retransmitted SYNs, repeated datagrams) are folded into the flow's dropped count
+/// instead of becoming events of their own.
+///
+/// `fill` writes the event in place in the reserved ring buffer entry, which starts zeroed:
+/// building it on the stack first would cost 136 of the program's 512 stack bytes.
+pub fn report(
+    config: &RuntimeConfig,
+    decision: &Decision,
+    flow: &FlowKey,
+    fill: impl FnOnce(&mut ConnectionEvent),
+) {
     if decision.log == 0 {
         return;
     }
-    // TCP: only the SYN that opens a connection; every later segment belongs to it.
-    if packet.protocol == IPPROTO_TCP && !packet.tcp_syn {
-        return;
+    let denied = decision.verdict == verdict::DENY;
+    if let Some(seen) = EGRESS_FLOWS.get_ptr_mut(flow) {
+        // SAFETY: an LRU value pointer stays valid for this program run; fields are plain.
+        let (generation, seen_verdict) = unsafe { ((*seen).generation, (*seen).verdict) };
+        if generation == config.generation && seen_verdict == decision.verdict {
+            if denied {
+                // SAFETY: an aligned u64 inside the map value. Core offers no atomic add on
+                // the BPF target; two CPUs dropping packets of one flow at the same instant
+                // may lose one count, never a verdict.
+                unsafe { (*seen).dropped += 1 };
+            }
+            return;
+        }
     }
-    // SAFETY: helpers reading the skb the kernel passed us.
-    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let flow = FlowKey {
-        socket_cookie,
-        dst: packet.dst,
-        dst_port: packet.dst_port,
-        protocol: packet.protocol,
-        ip_version: packet.ip_version,
-        icmp_type: if packet.protocol == IPPROTO_ICMP || packet.protocol == IPPROTO_ICMPV6 {
-            packet.icmp_type
-        } else {
-            0
-        },
-        _pad: [0; 3],
-    };
     let state = FlowState {
         generation: config.generation,
+        dropped: u64::from(denied),
         verdict: decision.verdict,
         _pad: [0; 7],
     };
-    // SAFETY: plain data values.
-    if let Some(seen) = unsafe { EGRESS_FLOWS.get(&flow) }
-        && seen.generation == state.generation
-        && seen.verdict == state.verdict
-    {
-        // Already reported: a retransmitted SYN or the next datagram of the same flow.
-        return;
-    }
     // An LRU insert only fails under memory pressure; the event is still worth sending.
-    let _ = EGRESS_FLOWS.insert(&flow, &state, 0);
+    let _ = EGRESS_FLOWS.insert(flow, state, 0);
 
-    let Some(mut entry) = EGRESS_EVENTS.reserve::<ConnectionEvent>(0) else {
-        count(counter::EVENTS_LOST);
-        return;
-    };
-    // SAFETY: helpers reading the skb and the clock.
-    let (boot_ns, cgroup_id, uid) = unsafe {
-        (
-            bpf_ktime_get_boot_ns(),
-            bpf_skb_cgroup_id(ctx.as_ptr().cast()),
-            bpf_get_socket_uid(ctx.as_ptr().cast()),
-        )
-    };
-    entry.write(ConnectionEvent {
-        boot_ns,
-        generation: config.generation,
-        cgroup_id,
-        socket_cookie,
-        rule: decision.rule,
-        audit_rule: decision.audit_rule,
-        uid,
-        pid: 0,
-        src: packet.src,
-        dst: packet.dst,
-        src_port: packet.src_port,
-        dst_port: packet.dst_port,
-        ip_version: packet.ip_version,
-        protocol: packet.protocol,
-        verdict: decision.verdict,
-        audit_verdict: decision.audit_verdict,
-        direction: Direction::Egress as u8,
-        icmp_type: flow.icmp_type,
-        _pad: [0; 2],
-        dropped_packets: u32::from(decision.verdict == verdict::DENY),
-        comm: [0; 16],
-    });
-    entry.submit(0);
+    // The entry is written whole and submitted on the only path that reserved it.
+    match EGRESS_EVENTS.reserve::<ConnectionEvent>(0) {
+        Some(mut entry) => {
+            let event = entry.as_mut_ptr();
+            // SAFETY: the reservation is valid for one ConnectionEvent, plain data for which
+            // all zeroes is a valid value; it is initialized before the reference is made.
+            unsafe {
+                core::ptr::write_bytes(event, 0, 1);
+                fill(&mut *event);
+            }
+            entry.submit(0);
+        }
+        None => count(counter::EVENTS_LOST),
+    }
 }

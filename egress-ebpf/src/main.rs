@@ -1,26 +1,40 @@
-//! The egress kernel program: a `cgroup_skb/egress` hook that judges every outbound packet
-//! of every process below the cgroup it is attached to (the cgroup2 root).
+//! The egress kernel programs. `egress_skb`, a `cgroup_skb/egress` hook attached at the
+//! cgroup2 root, judges every outbound packet of every process; the socket hooks in
+//! `sock_addr.rs` reject denied calls early and `process.rs` attributes sockets.
 //!
-//! The lookup chain is described in `egress-common`. This file holds the entry point and the
-//! only decisions that are not table driven: what happens when something cannot be read.
+//! The lookup chain is described in `egress-common`. This file holds the packet entry point
+//! and the only decisions that are not table driven: what happens when something cannot be
+//! read.
 #![no_std]
 #![no_main]
 
 mod classify;
 mod events;
+mod ingress;
 mod maps;
 mod packet;
+mod process;
 mod scope;
+mod sock_addr;
 
-use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
-use egress_common::{Decision, counter, verdict};
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::generated::{
+        bpf_get_socket_cookie, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
+    },
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use egress_common::{Decision, Direction, config_flags, counter, event::FlowKey, verdict};
+
+use crate::{classify::Destination, packet::Packet};
 
 /// Return values of a cgroup_skb program.
 /// <https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/cgroup.c#L1393-L1420>
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 
-#[cgroup_skb]
+#[cgroup_skb(egress)]
 pub fn egress_skb(ctx: SkBuffContext) -> i32 {
     let Some(config) = maps::config() else {
         // The config array always has its one entry; if the kernel ever failed to return it we
@@ -33,40 +47,103 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
         // The agent has not loaded a policy yet: nothing is governed.
         return PASS;
     }
-    let Some(scope) = scope::lookup(&ctx, &config) else {
+    // SAFETY: the helper reads the skb the kernel passed us.
+    let uid = unsafe { bpf_get_socket_uid(ctx.as_ptr().cast()) };
+    let Some(scope) = scope::lookup(&config, scope::of_skb(&ctx, &config), uid) else {
         return PASS;
     };
-    let packet = packet::parse(&ctx);
-    let decision = match &packet {
-        Some(packet) => classify::decide(&scope, packet),
+    let Some(packet) = packet::parse(&ctx) else {
         // A governed IP packet whose headers cannot be read (truncated or malformed): its
         // destination is unknown, so only the scope's default can judge it. An allowlist
         // drops it, an opt-out list passes it.
-        None => {
-            events::count(counter::MALFORMED);
-            scope.default
-        }
+        events::count(counter::MALFORMED);
+        return account(&scope.default);
     };
-    account(&decision);
-    if let Some(packet) = &packet {
-        events::report(&ctx, &config, packet, &decision);
+    let decision = classify::decide(
+        &scope,
+        &Destination {
+            ip_version: packet.ip_version,
+            addr: packet.dst,
+            protocol: packet.protocol,
+            port: packet.dst_port,
+        },
+    );
+    // TCP: the SYN that opens a connection is reported; later segments belong to it, unless
+    // they are dropped (a connection opened before the policy denied it): the first of those
+    // is reported too. Other protocols: every packet is offered, the flow map keeps the first.
+    let starts = packet.protocol != packet::IPPROTO_TCP
+        || packet.tcp_syn
+        || decision.verdict == verdict::DENY;
+    events::hit(&decision, packet.tcp_syn);
+    if starts {
+        report(&ctx, &config, &packet, &decision, uid);
+    }
+    if config.flags & config_flags::INGRESS != 0
+        && packet.protocol == packet::IPPROTO_UDP
+        && decision.verdict != verdict::DENY
+    {
+        // SAFETY: the helper reads the skb the kernel passed us.
+        ingress::remember_peer(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }, &packet);
+    }
+    account(&decision)
+}
+
+/// Counts the decision and turns it into the program's return value.
+fn account(decision: &Decision) -> i32 {
+    if decision.audit_verdict == verdict::DENY {
+        events::count(counter::PACKETS_AUDIT_DENIED);
     }
     if decision.verdict == verdict::DENY {
+        events::count(counter::PACKETS_DENIED);
         DROP
     } else {
+        events::count(counter::PACKETS_ALLOWED);
         PASS
     }
 }
 
-fn account(decision: &Decision) {
-    events::count(if decision.verdict == verdict::DENY {
-        counter::PACKETS_DENIED
-    } else {
-        counter::PACKETS_ALLOWED
+/// Not inlined, to keep its temporaries off the program's own stack frame (see ingress.rs).
+#[inline(never)]
+fn report(
+    ctx: &SkBuffContext,
+    config: &egress_common::RuntimeConfig,
+    packet: &Packet,
+    decision: &Decision,
+    uid: u32,
+) {
+    // SAFETY: the helper reads the skb the kernel passed us.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let flow = FlowKey {
+        socket_cookie,
+        dst: packet.dst,
+        dst_port: packet.dst_port,
+        protocol: packet.protocol,
+        ip_version: packet.ip_version,
+        icmp_type: packet.icmp_type,
+        _pad: [0; 3],
+    };
+    events::report(config, decision, &flow, |event| {
+        process::attribute(socket_cookie, event);
+        // SAFETY: helpers reading the clock and the skb.
+        event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+        event.generation = config.generation;
+        event.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+        event.socket_cookie = socket_cookie;
+        event.rule = decision.rule;
+        event.audit_rule = decision.audit_rule;
+        event.uid = uid;
+        event.src = packet.src;
+        event.dst = packet.dst;
+        event.src_port = packet.src_port;
+        event.dst_port = packet.dst_port;
+        event.ip_version = packet.ip_version;
+        event.protocol = packet.protocol;
+        event.verdict = decision.verdict;
+        event.audit_verdict = decision.audit_verdict;
+        event.direction = Direction::Egress as u8;
+        event.icmp_type = packet.icmp_type;
+        event.dropped_packets = u32::from(decision.verdict == verdict::DENY);
     });
-    if decision.audit_verdict == verdict::DENY {
-        events::count(counter::PACKETS_AUDIT_DENIED);
-    }
 }
 
 #[cfg(not(test))]

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_common::{
-    Addr4Data, Addr6Data, CgroupKey, Decision, PortData, RuntimeConfig, ScopeKey, ScopeValue,
-    capacity, counter,
-    event::{FlowKey, FlowState},
+    Addr4Data, Addr6Data, CgroupKey, Decision, PortData, RuleHits, RuntimeConfig, ScopeKey,
+    ScopeValue, capacity, counter,
+    event::{FlowKey, FlowState, SocketOwner},
 };
 
 /// One entry: the active generation and its parity. Written last by the agent on every
@@ -49,6 +49,24 @@ pub static EGRESS_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYT
 #[map]
 pub static EGRESS_FLOWS: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(capacity::FLOWS, 0);
+
+/// Socket cookie → the process that created it, or last connected or sent to an address
+/// with it. LRU: a socket evicted while still in use loses its attribution, not its verdict.
+#[map]
+pub static EGRESS_SOCKETS: LruHashMap<u64, SocketOwner> =
+    LruHashMap::with_max_entries(capacity::SOCKETS, 0);
+
+/// (socket cookie, peer address, peer port, UDP) of every peer a UDP socket of a governed
+/// workload sent to, while some policy restricts inbound traffic: a datagram from such a
+/// peer is a reply, not a new inbound flow. LRU: a peer evicted after long silence is judged
+/// as new again.
+#[map]
+pub static EGRESS_PEERS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(capacity::PEERS, 0);
+
+/// Per-CPU hit counters of each rule, indexed by rule id (0: decisions no rule made).
+#[map]
+pub static EGRESS_RULE_HITS: PerCpuArray<RuleHits> =
+    PerCpuArray::with_max_entries(capacity::RULE_HITS, 0);
 
 /// Per-CPU counters, indexed by `egress_common::counter`.
 #[map]

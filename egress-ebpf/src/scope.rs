@@ -1,9 +1,9 @@
-//! Which policies govern a packet: its cgroup class (from the cgroup or its nearest listed
-//! ancestor) and its socket's uid, looked up as a scope.
+//! Which policies govern a socket: its cgroup class (from its cgroup or the nearest listed
+//! ancestor) and its owner uid, looked up as a scope.
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{bpf_get_socket_uid, bpf_skb_ancestor_cgroup_id},
+    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
     programs::SkBuffContext,
 };
 use egress_common::{
@@ -12,48 +12,66 @@ use egress_common::{
 
 use crate::maps::{EGRESS_CGROUPS, EGRESS_SCOPES};
 
-/// The scope of the packet's socket, `None` when no policy governs it.
-pub fn lookup(ctx: &SkBuffContext, config: &RuntimeConfig) -> Option<ScopeValue> {
-    let cgroup_class = if config.flags & config_flags::CGROUP_SELECTORS != 0 {
-        cgroup_class(ctx, config.parity)
-    } else {
-        config.parity
-    };
-    // SAFETY: the helper only reads the skb the kernel passed us.
-    let uid = unsafe { bpf_get_socket_uid(ctx.as_ptr().cast()) };
-    let exact = ScopeKey { cgroup_class, uid };
-    // SAFETY: values of this map are plain data written whole by the agent.
-    if let Some(scope) = unsafe { EGRESS_SCOPES.get(&exact) } {
-        return Some(*scope);
+/// The scope of (cgroup class, uid), `None` when no policy governs it.
+pub fn lookup(config: &RuntimeConfig, cgroup_class: u32, uid: u32) -> Option<ScopeValue> {
+    // Without uid selectors every scope is keyed by ANY_UID: one lookup instead of two.
+    if config.flags & config_flags::UID_SELECTORS != 0 {
+        let exact = ScopeKey { cgroup_class, uid };
+        // SAFETY: values of this map are plain data written whole by the agent.
+        if let Some(scope) = unsafe { EGRESS_SCOPES.get(exact) } {
+            return Some(*scope);
+        }
     }
     let any = ScopeKey {
         cgroup_class,
         uid: ANY_UID,
     };
     // SAFETY: as above.
-    unsafe { EGRESS_SCOPES.get(&any) }.copied()
+    unsafe { EGRESS_SCOPES.get(any) }.copied()
+}
+
+/// Cgroup class of the socket that sent a packet.
+pub fn of_skb(ctx: &SkBuffContext, config: &RuntimeConfig) -> u32 {
+    walk(config, |level| {
+        // SAFETY: reads the skb's socket cgroup; returns 0 past the cgroup's own level.
+        // <https://github.com/torvalds/linux/blob/v6.18/net/core/filter.c#L5063-L5080>
+        unsafe { bpf_skb_ancestor_cgroup_id(ctx.as_ptr().cast(), level) }
+    })
+}
+
+/// Cgroup class of the current task: in `connect()` and `sendmsg()` hooks there is no helper
+/// for the socket's own cgroup, and the caller's is the one that matters for a call it makes.
+/// A socket handed to a process in another cgroup is judged by that cgroup at the call and
+/// by its creator's at the packet; the packet hook remains the backstop either way.
+pub fn of_current_task(config: &RuntimeConfig) -> u32 {
+    walk(config, |level| {
+        // SAFETY: reads the current task's cgroup ancestry.
+        unsafe { bpf_get_current_ancestor_cgroup_id(level) }
+    })
 }
 
 /// The class of the deepest ancestor (or the cgroup itself) that a selector lists. Walking
 /// from the root down costs one lookup per level, bounded by the cgroup's depth, never by the
 /// number of rules; cgroups created after the policy loaded are covered with no agent action.
-fn cgroup_class(ctx: &SkBuffContext, parity: u32) -> u32 {
+#[inline(always)]
+fn walk(config: &RuntimeConfig, ancestor: impl Fn(i32) -> u64) -> u32 {
+    let parity = config.parity;
     let mut class = parity;
+    if config.flags & config_flags::CGROUP_SELECTORS == 0 {
+        return class;
+    }
     for level in 0..MAX_CGROUP_LEVEL {
-        // SAFETY: the helper only reads the skb's socket cgroup. It returns 0 past the
-        // cgroup's own level.
-        // <https://github.com/torvalds/linux/blob/v6.18/net/core/filter.c#L5063-L5080>
-        let id = unsafe { bpf_skb_ancestor_cgroup_id(ctx.as_ptr().cast(), level) };
-        if id == 0 {
+        let cgroup_id = ancestor(level);
+        if cgroup_id == 0 {
             break;
         }
         let key = CgroupKey {
-            cgroup_id: id,
+            cgroup_id,
             parity,
             _pad: 0,
         };
         // SAFETY: plain u32 values.
-        if let Some(found) = unsafe { EGRESS_CGROUPS.get(&key) } {
+        if let Some(found) = unsafe { EGRESS_CGROUPS.get(key) } {
             class = *found;
         }
     }

@@ -63,6 +63,9 @@ pub struct GenerationWriter {
     ports: LpmTrie<MapData, PortData, Decision>,
     active: RuntimeConfig,
     written: Written,
+    /// The maps were adopted from an earlier agent: what its generation wrote is unknown
+    /// here, so the first switch sweeps every entry of the retired parity instead.
+    sweep_on_switch: bool,
 }
 
 impl GenerationWriter {
@@ -79,6 +82,7 @@ impl GenerationWriter {
             addr4: take(ebpf, maps::ADDR4)?,
             addr6: take(ebpf, maps::ADDR6)?,
             ports: take(ebpf, maps::PORTS)?,
+            sweep_on_switch: active.generation != 0,
             active,
             written: Written::default(),
         })
@@ -135,7 +139,11 @@ impl GenerationWriter {
         self.active = next;
         let retired = std::mem::replace(&mut self.written, written);
         thread::sleep(RETIRE_GRACE);
-        self.remove(&retired);
+        if std::mem::take(&mut self.sweep_on_switch) {
+            self.sweep(parity ^ PARITY_BIT);
+        } else {
+            self.remove(&retired);
+        }
         Ok(Applied {
             generation,
             parity,
@@ -232,6 +240,58 @@ impl GenerationWriter {
         if failures > 0 {
             tracing::warn!(failures, "some retired map entries could not be removed");
         }
+    }
+}
+
+impl GenerationWriter {
+    /// Removes every entry whose parity is `retired`, whoever wrote it.
+    fn sweep(&mut self, retired: u32) {
+        let stale = Written {
+            cgroups: self
+                .cgroups
+                .keys()
+                .flatten()
+                .filter(|key| key.parity == retired)
+                .collect(),
+            scopes: self
+                .scopes
+                .keys()
+                .flatten()
+                .filter(|key| key.cgroup_class & PARITY_BIT == retired)
+                .collect(),
+            addr4: self
+                .addr4
+                .keys()
+                .flatten()
+                .filter(|key| leading_parity(&key.data()) == retired)
+                .collect(),
+            addr6: self
+                .addr6
+                .keys()
+                .flatten()
+                .filter(|key| leading_parity(&key.data()) == retired)
+                .collect(),
+            ports: self
+                .ports
+                .keys()
+                .flatten()
+                .filter(|key| leading_parity(&key.data()) == retired)
+                .collect(),
+        };
+        tracing::info!(
+            entries = stale.len(),
+            "removed the entries of the adopted generation"
+        );
+        self.remove(&stale);
+    }
+}
+
+/// The parity bit of an LPM key whose data starts with a big-endian id.
+fn leading_parity(data: &[u8]) -> u32 {
+    if data.first().is_some_and(|byte| byte & 0x80 != 0) {
+        PARITY_BIT
+    } else {
+        0
     }
 }
 

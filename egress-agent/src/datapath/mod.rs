@@ -1,23 +1,43 @@
 //! The kernel side as the agent sees it: loading the program, attaching it at the cgroup2
 //! root, writing compiled policy generations into its maps, and reading its counters.
 
+pub mod btf;
 pub mod generation;
+pub mod pins;
 pub mod test_run;
 
 use std::{fs::File, path::PathBuf};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, cgroup_skb::CgroupSkbLinkId,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError,
+        cgroup_skb::CgroupSkbLink,
+        cgroup_sock::CgroupSockLink,
+        cgroup_sock_addr::CgroupSockAddrLink,
+        links::{FdLink, PinnedLink},
     },
 };
-use egress_common::{EGRESS_PROGRAM, counter, maps};
+use egress_common::{EGRESS_PROGRAM, RuleHits, counter, maps, programs};
 pub use generation::{Applied, GenerationWriter};
+use pins::{PinDir, PinError};
 
 /// The compiled kernel object, built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress"));
+
+/// Every program of the object, in attach order: attribution first, then the early
+/// rejections, then the packet backstop, so that no moment exists in which a call is judged
+/// but its packets are not.
+const PROGRAMS: [&str; 7] = [
+    programs::SOCK_CREATE,
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::SENDMSG4,
+    programs::SENDMSG6,
+    programs::EGRESS,
+    programs::INGRESS,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -36,70 +56,240 @@ pub enum DatapathError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("loading program {EGRESS_PROGRAM} into the kernel (verifier) failed: {0}")]
-    Verify(#[source] ProgramError),
+    #[error("loading program {name} into the kernel (verifier) failed: {source}")]
+    Verify {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
     #[error("opening cgroup {path}: {source}")]
     OpenCgroup {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("attaching to cgroup {path} failed: {source}")]
+    #[error("attaching {name} to cgroup {path} failed: {source}")]
     Attach {
+        name: &'static str,
         path: PathBuf,
         #[source]
-        source: ProgramError,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error("pinning the link of {name} at {path}: {message}")]
+    PinLink {
+        name: &'static str,
+        path: PathBuf,
+        message: String,
     },
 }
 
-/// The loaded program and its maps.
+/// A program attached to a cgroup; dropping it detaches the program.
+/// A program attached to a cgroup.
+enum AttachedLink {
+    /// Owned by this process only: dropping it detaches the program.
+    Owned(#[expect(dead_code, reason = "held for its Drop, which detaches")] FdLink),
+    /// Pinned in bpffs: it stays attached after this process exits, until unpinned.
+    Pinned {
+        #[expect(dead_code, reason = "held to keep the pin's link open while we run")]
+        link: PinnedLink,
+        path: PathBuf,
+    },
+}
+
+/// How the programs came to be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Attachment {
+    /// Attached by this agent.
+    Fresh,
+    /// Pinned links of the same program version were found and kept: no gap.
+    Adopted,
+}
+
+/// The loaded programs and their maps.
 pub struct Datapath {
     ebpf: Ebpf,
-    attached: Option<(PathBuf, CgroupSkbLinkId)>,
+    pins: Option<PinDir>,
+    attached_to: Option<PathBuf>,
+    links: Vec<AttachedLink>,
 }
 
 impl Datapath {
-    /// Loads the program and creates its maps, without attaching it anywhere.
+    /// Loads the programs and creates their maps, without attaching them anywhere. The maps
+    /// are private to this process.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(DatapathError::Load)?;
-        program(&mut ebpf)?.load().map_err(DatapathError::Verify)?;
+        Self::load_with(None)
+    }
+
+    /// Loads the programs with every map pinned in `pins`: maps already pinned there (by an
+    /// earlier agent of the same version) are reused with their contents.
+    pub fn load_pinned(pins: PinDir) -> Result<Self, DatapathError> {
+        Self::load_with(Some(pins))
+    }
+
+    fn load_with(pins: Option<PinDir>) -> Result<Self, DatapathError> {
+        // The socket hooks read the caller's fsuid through these; without them they fall back
+        // to the real uid, which differs from a socket's owner in set-uid programs.
+        let offsets = btf::cred_offsets_from_sys_fs();
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = match &pins {
+            Some(pins) => maps::ALL
+                .iter()
+                .map(|name| (*name, pins.map(name)))
+                .collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        match &offsets {
+            Ok(btf::CredOffsets {
+                task_cred,
+                cred_fsuid,
+            }) => {
+                loader.override_global("TASK_CRED_OFFSET", task_cred, true);
+                loader.override_global("CRED_FSUID_OFFSET", cred_fsuid, true);
+            }
+            Err(err) => tracing::warn!(
+                %err,
+                "socket owner uids come from the real uid at connect(): set-uid programs may be judged by another uid there than by the packet hook"
+            ),
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DatapathError::Load)?;
+        for name in PROGRAMS {
+            let program = ebpf.program_mut(name).ok_or(DatapathError::Missing {
+                kind: "program",
+                name,
+            })?;
+            let loaded = match program {
+                Program::CgroupSkb(program) => program.load(),
+                Program::CgroupSock(program) => program.load(),
+                Program::CgroupSockAddr(program) => program.load(),
+                _ => {
+                    return Err(DatapathError::Missing {
+                        kind: "cgroup program",
+                        name,
+                    });
+                }
+            };
+            loaded.map_err(|source| DatapathError::Verify { name, source })?;
+        }
         Ok(Self {
             ebpf,
-            attached: None,
+            pins,
+            attached_to: None,
+            links: Vec::new(),
         })
     }
 
-    /// Attaches the program to the egress hook of the cgroup at `cgroup` (the cgroup2 root,
-    /// so that every process on the host, including cgroups created later, is covered).
-    pub fn attach(&mut self, cgroup: PathBuf) -> Result<(), DatapathError> {
+    /// Attaches every program to the cgroup at `cgroup` (the cgroup2 root, so that every
+    /// process on the host, including cgroups created later, is covered).
+    ///
+    /// With pins, links of this program version that are already pinned are adopted as they
+    /// are; otherwise new links are attached and pinned, and only then are the links of other
+    /// versions removed, so enforcement never pauses. On failure, whatever this call attached
+    /// is detached again.
+    pub fn attach(&mut self, cgroup: PathBuf) -> Result<Attachment, DatapathError> {
+        if let Some(pins) = &self.pins
+            && let Some(adopted) = adopt(pins)
+        {
+            self.links = adopted;
+            self.attached_to = Some(cgroup);
+            return Ok(Attachment::Adopted);
+        }
         let file = File::open(&cgroup).map_err(|source| DatapathError::OpenCgroup {
             path: cgroup.clone(),
             source,
         })?;
         // `Single`: aya 0.14 turns `AllowMultiple` into a link flag that the kernel rejects
         // with EINVAL, and links on a cgroup coexist with other programs anyway.
-        let link = program(&mut self.ebpf)?
-            .attach(file, CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-            .map_err(|source| DatapathError::Attach {
+        let mode = CgroupAttachMode::Single;
+        let mut links = Vec::with_capacity(PROGRAMS.len());
+        for name in PROGRAMS {
+            let attach_error = |source| DatapathError::Attach {
+                name,
                 path: cgroup.clone(),
                 source,
-            })?;
-        self.attached = Some((cgroup, link));
-        Ok(())
+            };
+            type Boxed = Box<dyn std::error::Error + Send + Sync>;
+            let link: Result<FdLink, Boxed> = match self.ebpf.program_mut(name) {
+                Some(Program::CgroupSkb(program)) => program
+                    .attach(
+                        &file,
+                        if name == programs::INGRESS {
+                            CgroupSkbAttachType::Ingress
+                        } else {
+                            CgroupSkbAttachType::Egress
+                        },
+                        mode,
+                    )
+                    .and_then(|id| program.take_link(id))
+                    .map_err(Boxed::from)
+                    .and_then(|link: CgroupSkbLink| FdLink::try_from(link).map_err(Boxed::from)),
+                Some(Program::CgroupSock(program)) => program
+                    .attach(&file, mode)
+                    .and_then(|id| program.take_link(id))
+                    .map_err(Boxed::from)
+                    .and_then(|link: CgroupSockLink| FdLink::try_from(link).map_err(Boxed::from)),
+                Some(Program::CgroupSockAddr(program)) => program
+                    .attach(&file, mode)
+                    .and_then(|id| program.take_link(id))
+                    .map_err(Boxed::from)
+                    .and_then(|link: CgroupSockAddrLink| {
+                        FdLink::try_from(link).map_err(Boxed::from)
+                    }),
+                _ => Err(Boxed::from(ProgramError::NotLoaded)),
+            };
+            let link = link.map_err(attach_error)?;
+            // On error, `links` drops here and detaches what was attached.
+            links.push(match &self.pins {
+                Some(pins) => pin_link(pins, name, link)?,
+                None => AttachedLink::Owned(link),
+            });
+        }
+        self.links = links;
+        self.attached_to = Some(cgroup);
+        if let Some(pins) = &self.pins {
+            for old in pins.other_versions() {
+                tracing::info!(version = %old.display(), "removing the enforcement of another program version");
+                pins::remove_version(&old)?;
+            }
+        }
+        Ok(Attachment::Fresh)
     }
 
-    /// Detaches the program; enforcement stops.
-    pub fn detach(&mut self) -> Result<(), ProgramError> {
-        if let Some((_, link)) = self.attached.take() {
-            program(&mut self.ebpf)
-                .map_err(|_| ProgramError::NotLoaded)?
-                .detach(link)?;
+    /// Detaches every program, packet backstop first, and removes their pins; enforcement
+    /// stops. Pinned maps stay (an agent started later finds its generation there).
+    pub fn detach(&mut self) {
+        while let Some(link) = self.links.pop() {
+            if let AttachedLink::Pinned { path, .. } = &link
+                && let Err(err) = std::fs::remove_file(path)
+            {
+                tracing::warn!(%err, path = %path.display(), "removing a link pin failed");
+            }
+            drop(link);
         }
-        Ok(())
+        self.attached_to = None;
+    }
+
+    /// Lets go of the programs without detaching them: pinned links stay attached after this
+    /// process exits. Links that are not pinned cannot outlive it and are detached.
+    pub fn keep_attached(&mut self) {
+        self.links
+            .retain(|link| matches!(link, AttachedLink::Pinned { .. }));
+        self.links.clear();
+        self.attached_to = None;
+    }
+
+    /// The pin directory, when the datapath is pinned.
+    pub fn pins(&self) -> Option<&PinDir> {
+        self.pins.as_ref()
     }
 
     pub fn attached_to(&self) -> Option<&PathBuf> {
-        self.attached.as_ref().map(|(path, _)| path)
+        self.attached_to.as_ref()
     }
 
     /// Takes the maps a generation writer needs; call once.
@@ -110,6 +300,13 @@ impl Datapath {
     /// Takes the event ring buffer; call once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, DatapathError> {
         take(&mut self.ebpf, maps::EVENTS)
+    }
+
+    /// Takes the per-rule hit counters; call once.
+    pub fn take_rule_hits(&mut self) -> Result<RuleHitCounters, DatapathError> {
+        Ok(RuleHitCounters {
+            map: take(&mut self.ebpf, maps::RULE_HITS)?,
+        })
     }
 
     /// Takes the counters; call once.
@@ -126,11 +323,43 @@ impl Datapath {
 }
 
 impl Drop for Datapath {
+    /// Unpinned links die with the process anyway; pinned ones are only removed by an
+    /// explicit [`Datapath::detach`], so that a crash or a panic never lifts enforcement.
     fn drop(&mut self) {
-        if let Err(err) = self.detach() {
-            tracing::warn!(%err, "detaching the egress program failed");
+        self.keep_attached();
+    }
+}
+
+/// The pinned links of this version, if every program has one.
+fn adopt(pins: &PinDir) -> Option<Vec<AttachedLink>> {
+    let mut links = Vec::with_capacity(PROGRAMS.len());
+    for name in PROGRAMS {
+        let path = pins.link(name);
+        match PinnedLink::from_pin(&path) {
+            Ok(link) => links.push(AttachedLink::Pinned { link, path }),
+            Err(err) => {
+                tracing::debug!(%err, program = name, "no pinned link to adopt");
+                return None;
+            }
         }
     }
+    Some(links)
+}
+
+fn pin_link(
+    pins: &PinDir,
+    name: &'static str,
+    link: FdLink,
+) -> Result<AttachedLink, DatapathError> {
+    let path = pins.link(name);
+    // A stale pin of this version (some programs were pinned, not all): replace it.
+    let _ = std::fs::remove_file(&path);
+    let link = link.pin(&path).map_err(|err| DatapathError::PinLink {
+        name,
+        path: path.clone(),
+        message: err.to_string(),
+    })?;
+    Ok(AttachedLink::Pinned { link, path })
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut CgroupSkb, DatapathError> {
@@ -152,6 +381,34 @@ where
     M::try_from(map).map_err(|source| DatapathError::Map { name, source })
 }
 
+/// What each rule decided, from the kernel's per-CPU counters.
+pub struct RuleHitCounters {
+    map: PerCpuArray<MapData, RuleHits>,
+}
+
+impl RuleHitCounters {
+    /// The hits of rule `id`, summed over CPUs; the last hit is the latest on any CPU.
+    pub fn read(&self, id: u32) -> Result<RuleHits, aya::maps::MapError> {
+        let per_cpu = self.map.get(&id, 0)?;
+        Ok(per_cpu.iter().fold(RuleHits::default(), |sum, hits| {
+            let RuleHits {
+                packets_allowed,
+                packets_denied,
+                connections_allowed,
+                connections_denied,
+                last_hit_boot_ns,
+            } = *hits;
+            RuleHits {
+                packets_allowed: sum.packets_allowed + packets_allowed,
+                packets_denied: sum.packets_denied + packets_denied,
+                connections_allowed: sum.connections_allowed + connections_allowed,
+                connections_denied: sum.connections_denied + connections_denied,
+                last_hit_boot_ns: sum.last_hit_boot_ns.max(last_hit_boot_ns),
+            }
+        }))
+    }
+}
+
 /// The kernel program's per-CPU counters, summed over CPUs.
 pub struct Counters {
     map: PerCpuArray<MapData, u64>,
@@ -164,6 +421,7 @@ pub struct CounterValues {
     pub packets_audit_denied: u64,
     pub events_lost: u64,
     pub malformed: u64,
+    pub calls_denied: u64,
 }
 
 impl Counters {
@@ -177,6 +435,7 @@ impl Counters {
             packets_audit_denied: sum(counter::PACKETS_AUDIT_DENIED)?,
             events_lost: sum(counter::EVENTS_LOST)?,
             malformed: sum(counter::MALFORMED)?,
+            calls_denied: sum(counter::CALLS_DENIED)?,
         })
     }
 }

@@ -1,0 +1,169 @@
+//! Outbound-only workloads: `egress_ingress_skb`, a `cgroup_skb/ingress` hook, drops packets
+//! that would open a new inbound connection or flow to a workload whose policy restricts
+//! inbound traffic, and passes everything that belongs to connections the workload opened.
+//!
+//! What opens a new inbound flow:
+//! - TCP: a SYN without ACK (it can only be for a listener; replies to our SYNs carry ACK).
+//! - UDP: a datagram from a peer the socket never sent to (`EGRESS_PEERS`, filled by the
+//!   egress program).
+//! - ICMP / ICMPv6: echo requests. Everything else (echo replies, errors about our own
+//!   connections, IPv6 neighbour discovery) passes, or IPv6 would stop working.
+//! - Any other protocol: every packet, as the scope's inbound default decides.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::generated::{
+        bpf_get_socket_cookie, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
+    },
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use egress_common::{
+    Decision, Direction, RuntimeConfig, config_flags, counter, event::FlowKey, verdict,
+};
+
+use crate::{
+    classify::{self, Destination},
+    events,
+    maps::{self, EGRESS_PEERS},
+    packet::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet},
+    process, scope,
+};
+
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+
+#[cgroup_skb(ingress)]
+pub fn egress_ingress_skb(ctx: SkBuffContext) -> i32 {
+    let Some(config) = maps::config() else {
+        // As in the egress program: never fail closed at the cgroup root.
+        events::count(counter::MALFORMED);
+        return PASS;
+    };
+    if config.generation == 0 || config.flags & config_flags::INGRESS == 0 {
+        return PASS;
+    }
+    // SAFETY: the helper reads the skb the kernel passed us.
+    let uid = unsafe { bpf_get_socket_uid(ctx.as_ptr().cast()) };
+    let Some(scope) = scope::lookup(&config, scope::of_skb(&ctx, &config), uid) else {
+        return PASS;
+    };
+    if scope.ingress_default.verdict == verdict::NONE {
+        return PASS; // no applicable policy restricts inbound traffic
+    }
+    // SAFETY: as above.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(packet) = packet::parse(&ctx) else {
+        // Unreadable headers: whether it opens a flow is unknown; the inbound default decides.
+        events::count(counter::MALFORMED);
+        return verdict_of(&scope.ingress_default);
+    };
+    if !opens_inbound_flow(&packet, cookie) {
+        return PASS;
+    }
+    let decision = classify::decide_inbound(
+        &scope,
+        &Destination {
+            ip_version: packet.ip_version,
+            addr: packet.src,
+            protocol: packet.protocol,
+            port: packet.dst_port,
+        },
+    );
+    events::hit(&decision, true);
+    report(&ctx, &config, &packet, &decision, cookie);
+    verdict_of(&decision)
+}
+
+/// Reports a new inbound flow. Not inlined: its temporaries then live in a frame of their
+/// own beside the parser's, not on top of the program's (the verifier allows 512 bytes of
+/// stack for the whole call chain).
+#[inline(never)]
+fn report(
+    ctx: &SkBuffContext,
+    config: &RuntimeConfig,
+    packet: &Packet,
+    decision: &Decision,
+    cookie: u64,
+) {
+    let flow = FlowKey {
+        socket_cookie: cookie,
+        dst: packet.src,
+        dst_port: packet.dst_port,
+        protocol: packet.protocol,
+        ip_version: packet.ip_version,
+        icmp_type: packet.icmp_type,
+        _pad: [1, 0, 0], // marks an inbound flow, distinct from an outbound one to the peer
+    };
+    // SAFETY: the helper reads the skb the kernel passed us.
+    let uid = unsafe { bpf_get_socket_uid(ctx.as_ptr().cast()) };
+    events::report(config, decision, &flow, |event| {
+        process::attribute(cookie, event);
+        // SAFETY: helpers reading the clock and the skb.
+        event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+        event.generation = config.generation;
+        event.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+        event.socket_cookie = cookie;
+        event.rule = decision.rule;
+        event.audit_rule = decision.audit_rule;
+        event.uid = uid;
+        event.src = packet.src;
+        event.dst = packet.dst;
+        event.src_port = packet.src_port;
+        event.dst_port = packet.dst_port;
+        event.ip_version = packet.ip_version;
+        event.protocol = packet.protocol;
+        event.verdict = decision.verdict;
+        event.audit_verdict = decision.audit_verdict;
+        event.direction = Direction::Ingress as u8;
+        event.icmp_type = packet.icmp_type;
+        event.dropped_packets = u32::from(decision.verdict == verdict::DENY);
+    });
+}
+
+fn opens_inbound_flow(packet: &Packet, cookie: u64) -> bool {
+    match packet.protocol {
+        IPPROTO_TCP => packet.tcp_syn,
+        IPPROTO_UDP => EGRESS_PEERS
+            .get_ptr(peer(cookie, packet.ip_version, packet.src, packet.src_port))
+            .is_none(),
+        IPPROTO_ICMP => packet.icmp_type == ICMP_ECHO_REQUEST,
+        IPPROTO_ICMPV6 => packet.icmp_type == ICMPV6_ECHO_REQUEST,
+        _ => true,
+    }
+}
+
+/// Key of `EGRESS_PEERS`: a UDP socket and the remote end it talks to.
+pub fn peer(cookie: u64, ip_version: u8, addr: [u8; 16], port: u16) -> FlowKey {
+    FlowKey {
+        socket_cookie: cookie,
+        dst: addr,
+        dst_port: port,
+        protocol: IPPROTO_UDP,
+        ip_version,
+        icmp_type: 0,
+        _pad: [0; 3],
+    }
+}
+
+/// Records that the socket with `cookie` sent to a UDP peer, so its replies pass.
+pub fn remember_peer(cookie: u64, packet: &Packet) {
+    let key = peer(cookie, packet.ip_version, packet.dst, packet.dst_port);
+    if EGRESS_PEERS.get_ptr(key).is_none() {
+        // An LRU insert only fails under memory pressure: a reply is then judged as new.
+        let _ = EGRESS_PEERS.insert(key, 1u8, 0);
+    }
+}
+
+fn verdict_of(decision: &Decision) -> i32 {
+    if decision.verdict == verdict::DENY {
+        events::count(counter::PACKETS_DENIED);
+        DROP
+    } else {
+        events::count(counter::PACKETS_ALLOWED);
+        PASS
+    }
+}

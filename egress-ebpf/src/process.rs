@@ -1,0 +1,100 @@
+//! Attribution: which process a socket belongs to, recorded in process context so that
+//! packets sent later from softirq context, or after the process exited, are attributed.
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_comm, bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+            bpf_get_socket_cookie,
+        },
+    },
+    macros::cgroup_sock,
+    programs::SockContext,
+};
+use egress_common::{ConnectionEvent, SocketOwner};
+
+use crate::maps::EGRESS_SOCKETS;
+
+/// Return value of `cgroup/sock_create` that lets the socket be created.
+const ALLOW: i32 = 1;
+
+#[cgroup_sock(sock_create)]
+pub fn egress_sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the helper reads the socket the kernel passed us.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    record(cookie, current_fsuid());
+    ALLOW
+}
+
+/// Records the current process as the owner of the socket with `cookie`.
+pub fn record(cookie: u64, uid: u32) {
+    // SAFETY: plain helper calls in process context.
+    let pid = unsafe { bpf_get_current_pid_tgid() } >> 32;
+    let owner = SocketOwner {
+        pid: pid as u32,
+        uid,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    // An LRU insert only fails under memory pressure: the socket is then unattributed.
+    let _ = EGRESS_SOCKETS.insert(cookie, owner, 0);
+}
+
+/// The recorded owner of the socket with `cookie`.
+pub fn owner(cookie: u64) -> Option<SocketOwner> {
+    // SAFETY: plain data values.
+    unsafe { EGRESS_SOCKETS.get(cookie) }.copied()
+}
+
+/// Copies the recorded owner of the socket with `cookie` into an event, straight from the
+/// map: no copy on the stack, where every byte counts.
+pub fn attribute(cookie: u64, event: &mut ConnectionEvent) {
+    if let Some(owner) = EGRESS_SOCKETS.get_ptr(cookie) {
+        // SAFETY: an LRU value pointer valid for this program run; plain data.
+        unsafe {
+            event.pid = (*owner).pid;
+            event.comm = (*owner).comm;
+        }
+    }
+}
+
+/// Offset of the `cred` pointer in `struct task_struct`, and of `fsuid` in `struct cred`,
+/// set by the agent from the kernel's BTF (0: unknown). Read with `read_volatile`: LLVM
+/// would otherwise fold these constants to their initial value.
+#[unsafe(no_mangle)]
+static TASK_CRED_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static CRED_FSUID_OFFSET: u32 = 0;
+
+/// The uid a socket created now would be owned by: the kernel sets a socket's uid from its
+/// creator's fsuid (`sock_init_data` → `SOCK_INODE(sock)->i_uid`), which is what the packet
+/// hook's `bpf_get_socket_uid` returns. `bpf_get_current_uid_gid` gives the real uid
+/// instead, which differs in set-uid programs and after `seteuid`; it is only the fallback
+/// when the agent could not find the offsets.
+pub fn current_fsuid() -> u32 {
+    // SAFETY: reads of two constants patched at load time.
+    let (task_cred, cred_fsuid) = unsafe {
+        (
+            read_volatile(&raw const TASK_CRED_OFFSET),
+            read_volatile(&raw const CRED_FSUID_OFFSET),
+        )
+    };
+    if task_cred != 0 && cred_fsuid != 0 {
+        // SAFETY: probe reads of kernel memory at offsets the agent took from this kernel's
+        // BTF; a failed read returns an error, never faults.
+        let fsuid = unsafe {
+            let task = bpf_get_current_task() as *const u8;
+            bpf_probe_read_kernel(task.add(task_cred as usize).cast::<u64>()).and_then(|cred| {
+                bpf_probe_read_kernel((cred as *const u8).add(cred_fsuid as usize).cast::<u32>())
+            })
+        };
+        if let Ok(fsuid) = fsuid {
+            return fsuid;
+        }
+    }
+    // SAFETY: plain helper call in process context.
+    unsafe { bpf_get_current_uid_gid() as u32 }
+}
