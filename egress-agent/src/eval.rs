@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use egress_common::{Decision, NO_RULE, verdict};
 
+use crate::compile::CgroupResolution;
 use crate::policy::{Action, LogMode, Mode, Policy, PolicySet, Rule};
 
 /// A rule that matched a packet, whether or not it decided.
@@ -29,12 +30,37 @@ pub struct Explanation {
     pub matched: Vec<MatchedRule>,
 }
 
-/// The policies whose selectors hold for the workload, in name order.
+/// The policies whose selectors hold for the workload, in name order; pod selectors select
+/// nothing (see [`applicable_in`]).
 pub fn applicable<'a>(set: &'a PolicySet, cgroup: &str, uid: u32) -> Vec<&'a Policy> {
+    applicable_in(set, &CgroupResolution::default(), cgroup, uid)
+}
+
+/// [`applicable`], with pod selectors selecting the paths `resolution` holds for them.
+pub fn applicable_in<'a>(
+    set: &'a PolicySet,
+    resolution: &CgroupResolution,
+    cgroup: &str,
+    uid: u32,
+) -> Vec<&'a Policy> {
     set.policies
         .iter()
-        .filter(|p| p.selector.matches(cgroup, uid))
+        .filter(|p| resolution.matches_cgroup(&p.selector, cgroup) && p.selector.matches_uid(uid))
         .collect()
+}
+
+/// [`decide`], with pod selectors resolved through `resolution`.
+pub fn decide_in(
+    set: &PolicySet,
+    resolution: &CgroupResolution,
+    cgroup: &str,
+    uid: u32,
+    dst: IpAddr,
+    protocol: u8,
+    port: u16,
+) -> Decision {
+    let policies = applicable_in(set, resolution, cgroup, uid);
+    decision_for(&policies, &|r: &Rule| r.matches(dst, protocol, port))
 }
 
 /// Decides a packet of the workload (`cgroup` path relative to the cgroup2 root, socket `uid`)
@@ -47,8 +73,15 @@ pub fn decide(
     protocol: u8,
     port: u16,
 ) -> Decision {
-    let policies = applicable(set, cgroup, uid);
-    decision_for(&policies, &|r: &Rule| r.matches(dst, protocol, port))
+    decide_in(
+        set,
+        &CgroupResolution::default(),
+        cgroup,
+        uid,
+        dst,
+        protocol,
+        port,
+    )
 }
 
 /// [`decide`], with the rules that matched.
@@ -62,22 +95,114 @@ pub fn explain(
 ) -> Explanation {
     let policies = applicable(set, cgroup, uid);
     let is_match = |r: &Rule| r.matches(dst, protocol, port);
-    let matched = policies
-        .iter()
-        .flat_map(|p| {
-            p.rules.iter().filter(|r| is_match(r)).map(|r| MatchedRule {
-                id: r.id,
-                policy: p.name.clone(),
-                rule: r.name.clone(),
-                action: r.action,
-                mode: p.mode,
-            })
-        })
-        .collect();
     Explanation {
         decision: decision_for(&policies, &is_match),
         applicable: policies.iter().map(|p| p.name.clone()).collect(),
-        matched,
+        matched: matched_rules(&policies, Direction::Egress, &is_match),
+    }
+}
+
+/// Decides a packet that starts a new inbound connection or flow to the workload, from `src`
+/// to the workload's `local_port` (which only counts for TCP and UDP). `None`: no applicable
+/// policy restricts inbound traffic, so the packet is not judged (it passes, unlogged).
+pub fn decide_ingress(
+    set: &PolicySet,
+    cgroup: &str,
+    uid: u32,
+    src: IpAddr,
+    protocol: u8,
+    local_port: u16,
+) -> Option<Decision> {
+    decide_ingress_in(
+        set,
+        &CgroupResolution::default(),
+        cgroup,
+        uid,
+        src,
+        protocol,
+        local_port,
+    )
+}
+
+/// [`decide_ingress`], with pod selectors resolved through `resolution`.
+pub fn decide_ingress_in(
+    set: &PolicySet,
+    resolution: &CgroupResolution,
+    cgroup: &str,
+    uid: u32,
+    src: IpAddr,
+    protocol: u8,
+    local_port: u16,
+) -> Option<Decision> {
+    let policies = applicable_in(set, resolution, cgroup, uid);
+    ingress_decision_for(&policies, &|r: &Rule| r.matches(src, protocol, local_port))
+}
+
+/// [`decide_ingress`], with the ingress rules that matched; `None` when not judged.
+pub fn explain_ingress(
+    set: &PolicySet,
+    cgroup: &str,
+    uid: u32,
+    src: IpAddr,
+    protocol: u8,
+    local_port: u16,
+) -> Option<Explanation> {
+    let policies = applicable(set, cgroup, uid);
+    let is_match = |r: &Rule| r.matches(src, protocol, local_port);
+    Some(Explanation {
+        decision: ingress_decision_for(&policies, &is_match)?,
+        applicable: policies.iter().map(|p| p.name.clone()).collect(),
+        matched: matched_rules(&policies, Direction::Ingress, &is_match),
+    })
+}
+
+/// The rules of one direction, of the `policies`, that `is_match` accepts, by id.
+fn matched_rules(
+    policies: &[&Policy],
+    direction: Direction,
+    is_match: &dyn Fn(&Rule) -> bool,
+) -> Vec<MatchedRule> {
+    policies
+        .iter()
+        .flat_map(|p| {
+            direction
+                .rules(p)
+                .iter()
+                .filter(|r| is_match(r))
+                .map(|r| MatchedRule {
+                    id: r.id,
+                    policy: p.name.clone(),
+                    rule: r.name.clone(),
+                    action: r.action,
+                    mode: p.mode,
+                })
+        })
+        .collect()
+}
+
+/// Which rules and which default of a policy judge a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// `spec.egress` and `defaultAction`.
+    Egress,
+    /// `spec.ingress` and `inbound`.
+    Ingress,
+}
+
+impl Direction {
+    fn rules(self, policy: &Policy) -> &[Rule] {
+        match self {
+            Self::Egress => &policy.rules,
+            Self::Ingress => &policy.ingress,
+        }
+    }
+
+    /// The default's rule id and action.
+    fn default(self, policy: &Policy) -> (u32, Action) {
+        match self {
+            Self::Egress => (policy.default_id, policy.default_action),
+            Self::Ingress => (policy.inbound_default_id, policy.inbound),
+        }
     }
 }
 
@@ -87,11 +212,36 @@ pub fn decision_for(applicable: &[&Policy], matched: &dyn Fn(&Rule) -> bool) -> 
     if applicable.is_empty() {
         return Decision::UNGOVERNED;
     }
-    let enforce = judge(applicable, Mode::Enforce, matched);
-    let audit = judge(applicable, Mode::Audit, matched);
+    combine(applicable, Direction::Egress, matched)
+}
+
+/// The decision for a new inbound connection of a workload with the `applicable` policies (in
+/// name order) when exactly the ingress rules for which `matched` holds match. Only policies
+/// that restrict inbound traffic take part; `None` when there are none. Shared with the
+/// compiler.
+pub fn ingress_decision_for(
+    applicable: &[&Policy],
+    matched: &dyn Fn(&Rule) -> bool,
+) -> Option<Decision> {
+    let restricting: Vec<&Policy> = applicable
+        .iter()
+        .copied()
+        .filter(|p| p.restricts_inbound())
+        .collect();
+    (!restricting.is_empty()).then(|| combine(&restricting, Direction::Ingress, matched))
+}
+
+/// The enforce and audit verdicts of the (non-empty) `policies`, and whether to log.
+fn combine(
+    policies: &[&Policy],
+    direction: Direction,
+    matched: &dyn Fn(&Rule) -> bool,
+) -> Decision {
+    let enforce = judge(policies, Mode::Enforce, direction, matched);
+    let audit = judge(policies, Mode::Audit, direction, matched);
     let (verdict, rule) = enforce.unwrap_or((verdict::ALLOW, NO_RULE));
     let (audit_verdict, audit_rule) = audit.unwrap_or((verdict::NONE, NO_RULE));
-    let log = applicable.iter().any(|p| {
+    let log = policies.iter().any(|p| {
         let own = match p.mode {
             Mode::Enforce => verdict,
             Mode::Audit => audit_verdict,
@@ -108,19 +258,25 @@ pub fn decision_for(applicable: &[&Policy], matched: &dyn Fn(&Rule) -> bool) -> 
     }
 }
 
-/// Verdict and deciding rule of the applicable policies of one mode; `None` if there are none.
-fn judge(applicable: &[&Policy], mode: Mode, matched: &dyn Fn(&Rule) -> bool) -> Option<(u8, u32)> {
+/// Verdict and deciding rule of the policies of one mode; `None` if there are none.
+fn judge(
+    policies: &[&Policy],
+    mode: Mode,
+    direction: Direction,
+    matched: &dyn Fn(&Rule) -> bool,
+) -> Option<(u8, u32)> {
     let mut first_default = None;
     let mut deny_default = None;
     let mut deny = None;
     let mut allow = None;
     // Policies are in name order and ids grow with it, so the first hit is the lowest id.
-    for policy in applicable.iter().filter(|p| p.mode == mode) {
-        first_default.get_or_insert(policy.default_id);
-        if policy.default_action == Action::Deny {
-            deny_default.get_or_insert(policy.default_id);
+    for policy in policies.iter().filter(|p| p.mode == mode) {
+        let (default_id, default_action) = direction.default(policy);
+        first_default.get_or_insert(default_id);
+        if default_action == Action::Deny {
+            deny_default.get_or_insert(default_id);
         }
-        for rule in policy.rules.iter().filter(|r| matched(r)) {
+        for rule in direction.rules(policy).iter().filter(|r| matched(r)) {
             match rule.action {
                 Action::Deny => deny.get_or_insert(rule.id),
                 Action::Allow => allow.get_or_insert(rule.id),
@@ -140,114 +296,4 @@ fn judge(applicable: &[&Policy], mode: Mode, matched: &dyn Fn(&Rule) -> bool) ->
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::policy::parse_str;
-
-    const POLICIES: &str = r#"
-apiVersion: egress.dev/v1alpha1
-kind: EgressPolicy
-metadata: {name: base}
-spec:
-  log: deny
-  egress:
-    - name: no-docs
-      action: deny
-      to: [{cidr: 203.0.113.0/24, except: [203.0.113.128/25]}]
-    - name: web
-      action: allow
-      to: [{entity: any}]
-      protocol: tcp
-      ports: [443]
----
-apiVersion: egress.dev/v1alpha1
-kind: EgressPolicy
-metadata: {name: locked}
-spec:
-  selector: {units: [app.service], uids: [1000]}
-  defaultAction: deny
-  log: none
-  egress:
-    - name: dns
-      action: allow
-      to: [{entity: any}]
-      protocol: udp
-      ports: [53]
----
-apiVersion: egress.dev/v1alpha1
-kind: EgressPolicy
-metadata: {name: trial}
-spec:
-  mode: audit
-  selector: {cgroups: [/system.slice]}
-  defaultAction: deny
-"#;
-
-    fn set() -> PolicySet {
-        parse_str(Path::new("t.yaml"), POLICIES).expect("valid test input")
-    }
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("valid test input")
-    }
-
-    #[test]
-    fn deny_rule_wins_and_except_cuts_out() {
-        let set = set();
-        let d = decide(&set, "/user.slice", 0, ip("203.0.113.5"), 6, 443);
-        assert_eq!((d.verdict, d.rule, d.log), (verdict::DENY, 1, 1));
-        let d = decide(&set, "/user.slice", 0, ip("203.0.113.200"), 6, 443);
-        assert_eq!((d.verdict, d.rule, d.log), (verdict::ALLOW, 2, 0));
-        let d = decide(&set, "/user.slice", 0, ip("198.51.100.1"), 17, 53);
-        assert_eq!((d.verdict, d.rule), (verdict::ALLOW, 3), "base default id");
-    }
-
-    #[test]
-    fn default_deny_of_any_enforce_policy_drops() {
-        let set = set();
-        let d = decide(&set, "/x/app.service", 1000, ip("198.51.100.1"), 6, 80);
-        assert_eq!((d.verdict, d.rule), (verdict::DENY, 5));
-        let d = decide(&set, "/x/app.service", 1000, ip("198.51.100.1"), 17, 53);
-        assert_eq!((d.verdict, d.rule), (verdict::ALLOW, 4));
-        let d = decide(&set, "/x/app.service", 1001, ip("198.51.100.1"), 6, 80);
-        assert_eq!(d.verdict, verdict::ALLOW, "uid not selected");
-    }
-
-    #[test]
-    fn audit_policies_only_record() {
-        let set = set();
-        let d = decide(
-            &set,
-            "/system.slice/a.service",
-            0,
-            ip("198.51.100.1"),
-            6,
-            80,
-        );
-        assert_eq!(
-            (d.verdict, d.audit_verdict, d.audit_rule),
-            (verdict::ALLOW, verdict::DENY, 6)
-        );
-        assert_eq!(d.log, 1, "audit policy logs all");
-    }
-
-    #[test]
-    fn explanation_lists_losing_rules() {
-        let set = set();
-        let e = explain(&set, "/", 0, ip("203.0.113.1"), 6, 443);
-        let names: Vec<&str> = e.matched.iter().map(|m| m.rule.as_str()).collect();
-        assert_eq!(names, ["no-docs", "web"]);
-        assert_eq!(e.decision.rule, 1);
-    }
-
-    #[test]
-    fn no_policy_means_ungoverned() {
-        let empty = PolicySet::default();
-        assert_eq!(
-            decide(&empty, "/", 0, ip("::1"), 6, 1),
-            Decision::UNGOVERNED
-        );
-    }
-}
+mod tests;

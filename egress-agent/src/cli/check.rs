@@ -67,6 +67,8 @@ pub fn run_to(
             "ok": errors.is_empty(),
             "policies": set.as_ref().map_or(0, |s| s.policies.len()),
             "rules": set.as_ref().map_or(0, |s| s.rule_count()),
+            "ingress_rules": set.as_ref().map_or(0, |s| s.ingress_rule_count()),
+            "inbound_policies": set.as_ref().map_or(0, |s| s.inbound_policy_count()),
             "prefixes": set.as_ref().map_or(0, |s| s.prefix_count()),
             "map_entries": compiled.as_ref().map(|c| c.summary),
             "warnings": warnings.iter().map(diag).collect::<Vec<_>>(),
@@ -91,6 +93,15 @@ pub fn run_to(
                 c.summary.ports,
                 warnings.len()
             )?;
+            let inbound = set.inbound_policy_count();
+            if inbound > 0 {
+                writeln!(
+                    out,
+                    "inbound: {inbound} policies restrict new inbound connections, {} ingress rules, {} ingress scopes",
+                    set.ingress_rule_count(),
+                    c.summary.ingress_scopes,
+                )?;
+            }
         } else {
             writeln!(err, "{} errors", errors.len())?;
         }
@@ -130,6 +141,7 @@ mod tests {
             "opt-out.yaml",
             "allowlist.yaml",
             "audit-rollout.yaml",
+            "outbound-only.yaml",
         ] {
             let (code, out, err) = check(vec![examples().join(name)], false);
             assert_eq!(code, ExitCode::SUCCESS, "{name}: {err}");
@@ -139,8 +151,33 @@ mod tests {
         let (code, out, _) = check(vec![examples()], true);
         assert_eq!(code, ExitCode::SUCCESS);
         let report: serde_json::Value = serde_json::from_str(&out).expect("valid test input");
-        assert_eq!(report["policies"], 4);
+        assert_eq!(report["policies"], 5);
         assert_eq!(report["ok"], true);
+        assert_eq!(report["ingress_rules"], 1);
+        assert_eq!(report["inbound_policies"], 1);
+        assert_eq!(report["map_entries"]["ingress_scopes"], 1);
+    }
+
+    #[test]
+    fn inbound_summary_counts_ingress_rules() {
+        let (code, out, err) = check(vec![examples().join("outbound-only.yaml")], false);
+        assert_eq!(code, ExitCode::SUCCESS, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(
+            lines[0].starts_with("ok: 1 policies, 1 rules, 3 prefixes"),
+            "{out}"
+        );
+        assert_eq!(
+            lines[1],
+            "inbound: 1 policies restrict new inbound connections, 1 ingress rules, 1 ingress scopes"
+        );
+        let (_, out, _) = check(vec![examples().join("opt-out.yaml")], false);
+        assert_eq!(
+            out.lines().count(),
+            1,
+            "no inbound line without inbound rules: {out}"
+        );
     }
 
     #[test]

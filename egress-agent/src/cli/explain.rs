@@ -8,6 +8,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use egress_common::{NO_RULE, verdict};
 
+use crate::control::{
+    client::{SocketArgs, call_as},
+    protocol::{ExplainParams, Explained, Method},
+};
 use crate::eval::{self, Explanation};
 use crate::policy::{
     self, Action, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Mode, PolicySet, RuleInfo,
@@ -15,8 +19,9 @@ use crate::policy::{
 
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
-    /// Policy files or directories.
-    #[arg(long = "policy", required = true, value_name = "PATH")]
+    /// Policy files or directories (default: ask the running agent about the policy in
+    /// force, over its control socket).
+    #[arg(long = "policy", value_name = "PATH")]
     pub policy: Vec<PathBuf>,
     /// Cgroup of the workload, relative to the cgroup2 root (default `/`).
     #[arg(long, conflicts_with = "unit", value_name = "PATH")]
@@ -27,9 +32,18 @@ pub struct ExplainArgs {
     /// Owner uid of the socket.
     #[arg(long, default_value_t = 0)]
     pub uid: u32,
-    /// Destination address.
+    /// Destination address of a connection the workload opens (egress).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        required_unless_present = "from",
+        conflicts_with = "from"
+    )]
+    pub to: Option<IpAddr>,
+    /// Source address of a new inbound connection to the workload (ingress); `--port` is
+    /// then the workload's local port. Needs `--policy`.
     #[arg(long, value_name = "ADDR")]
-    pub to: IpAddr,
+    pub from: Option<IpAddr>,
     /// Destination port (TCP and UDP only).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
@@ -39,6 +53,8 @@ pub struct ExplainArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArgs,
 }
 
 pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
@@ -47,7 +63,6 @@ pub fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
 
 /// [`run`], writing to `out`.
 pub fn run_to(args: &ExplainArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
-    let set = policy::load(&args.policy)?;
     let protocol = parse_protocol(&args.protocol)?;
     let cgroup = match (&args.cgroup, &args.unit) {
         (Some(path), _) if !path.starts_with('/') => bail!("--cgroup must start with `/`"),
@@ -55,11 +70,67 @@ pub fn run_to(args: &ExplainArgs, out: &mut dyn Write) -> anyhow::Result<ExitCod
         (None, Some(unit)) => format!("/{unit}"),
         (None, None) => "/".to_string(),
     };
-    let explanation = eval::explain(&set, &cgroup, args.uid, args.to, protocol, args.port);
+    if let Some(src) = args.from {
+        return run_ingress(args, &cgroup, src, protocol, out);
+    }
+    let Some(to) = args.to else {
+        bail!("give --to ADDR (a connection the workload opens) or --from ADDR (one it accepts)");
+    };
+    if args.policy.is_empty() {
+        let params = ExplainParams {
+            cgroup,
+            uid: args.uid,
+            to,
+            protocol,
+            port: args.port,
+        };
+        let explained: Explained = call_as(&args.socket.socket, Method::Explain(params))?;
+        if args.json {
+            writeln!(out, "{}", explained.json)?;
+        } else {
+            write!(out, "{}", explained.text)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let set = policy::load(&args.policy)?;
+    let explanation = eval::explain(&set, &cgroup, args.uid, to, protocol, args.port);
     if args.json {
         writeln!(out, "{}", to_json(&set, &explanation))?;
     } else {
         write_text(out, &set, &explanation)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--from`: how the policies judge a packet that starts a new inbound connection or flow.
+fn run_ingress(
+    args: &ExplainArgs,
+    cgroup: &str,
+    src: IpAddr,
+    protocol: u8,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    if args.policy.is_empty() {
+        bail!("--from needs --policy: the running agent explains outbound connections only");
+    }
+    let set = policy::load(&args.policy)?;
+    let explanation = eval::explain_ingress(&set, cgroup, args.uid, src, protocol, args.port);
+    match (&explanation, args.json) {
+        (Some(e), true) => {
+            let mut json = to_json(&set, e);
+            json["direction"] = "ingress".into();
+            writeln!(out, "{json}")?;
+        }
+        (Some(e), false) => write_text(out, &set, e)?,
+        (None, true) => writeln!(
+            out,
+            "{}",
+            serde_json::json!({"verdict": "allow", "direction": "ingress", "judged": false, "matched": []})
+        )?,
+        (None, false) => writeln!(
+            out,
+            "verdict: allow (no applicable policy restricts inbound traffic; not judged)"
+        )?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -113,7 +184,8 @@ pub fn to_json(set: &PolicySet, e: &Explanation) -> serde_json::Value {
     object.into()
 }
 
-fn write_text(out: &mut dyn Write, set: &PolicySet, e: &Explanation) -> std::io::Result<()> {
+/// The verdict as `egress explain` prints it without `--json`.
+pub fn write_text(out: &mut dyn Write, set: &PolicySet, e: &Explanation) -> std::io::Result<()> {
     let d = e.decision;
     let named = |id| {
         info(set, id).map_or_else(
@@ -196,10 +268,14 @@ mod tests {
             cgroup: cgroup.map(String::from),
             unit: unit.map(String::from),
             uid: 0,
-            to: to.parse().expect("valid test input"),
+            to: Some(to.parse().expect("valid test input")),
+            from: None,
             port,
             protocol: protocol.into(),
             json: true,
+            socket: SocketArgs {
+                socket: PathBuf::from(crate::control::DEFAULT_SOCKET),
+            },
         }
     }
 
@@ -263,6 +339,49 @@ mod tests {
             "tcp",
         ));
         assert_eq!(v["audit_verdict"], "allow");
+    }
+
+    #[test]
+    fn inbound_connections_are_explained_with_from() {
+        let mut a = args(None, Some("/system.slice/db.service"), "::1", 22, "tcp");
+        (a.to, a.from) = (None, Some("192.0.2.10".parse().expect("valid test input")));
+        let v = json(&a);
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "verdict": "allow", "policy": "outbound-only", "rule": "ssh-from-mgmt",
+                "direction": "ingress",
+                "matched": [{"policy": "outbound-only", "rule": "ssh-from-mgmt", "action": "allow"}]
+            })
+        );
+        a.port = 5432;
+        let v = json(&a);
+        assert_eq!(v["verdict"], "deny");
+        assert_eq!(v["rule"], "inbound-default");
+        a.json = false;
+        let mut out = Vec::new();
+        run_to(&a, &mut out).expect("valid test input");
+        let text = String::from_utf8(out).expect("valid test input");
+        assert!(
+            text.starts_with("verdict: deny by outbound-only/inbound-default"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn inbound_without_restrictions_is_not_judged() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let mut a = args(None, None, "::1", 22, "tcp");
+        (a.to, a.from) = (None, Some("192.0.2.10".parse().expect("valid test input")));
+        a.policy = vec![dir.join("opt-out.yaml")];
+        let v = json(&a);
+        assert_eq!(v["judged"], false, "{v}");
+        assert_eq!(v["verdict"], "allow", "{v}");
+        a.policy = Vec::new();
+        assert!(
+            run_to(&a, &mut Vec::new()).is_err(),
+            "--from needs --policy"
+        );
     }
 
     #[test]

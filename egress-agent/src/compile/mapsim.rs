@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use egress_common::keys::{PORT_KEY_FULL_BITS, addr4_data, addr6_data, port_data};
-use egress_common::{ANY_UID, Decision, PortData, ScopeKey, ScopeValue};
+use egress_common::{ANY_UID, Decision, PortData, ScopeKey, ScopeValue, verdict};
 
 use super::Compiled;
 use crate::policy::{IPPROTO_TCP, IPPROTO_UDP};
@@ -73,6 +73,35 @@ impl MapSim {
     /// The kernel's decision for a packet of the workload in `cgroup` (path relative to the
     /// cgroup2 root) owned by `uid`.
     pub fn decide(&self, cgroup: &str, uid: u32, dst: IpAddr, protocol: u8, port: u16) -> Decision {
+        let Some(scope) = self.scope(cgroup, uid) else {
+            return Decision::UNGOVERNED;
+        };
+        self.lookup(scope.scope, dst, protocol, port)
+            .unwrap_or(scope.default)
+    }
+
+    /// The ingress program's decision for a packet that starts a new inbound connection or
+    /// flow to the workload, from `src` to `local_port`. `None`: not judged (no scope, or a
+    /// scope whose `ingress_default` verdict is `NONE`), so it passes without further lookups.
+    pub fn decide_ingress(
+        &self,
+        cgroup: &str,
+        uid: u32,
+        src: IpAddr,
+        protocol: u8,
+        local_port: u16,
+    ) -> Option<Decision> {
+        let scope = self.scope(cgroup, uid)?;
+        if scope.ingress_default.verdict == verdict::NONE {
+            return None;
+        }
+        let decision = self.lookup(scope.ingress_scope, src, protocol, local_port);
+        Some(decision.unwrap_or(scope.ingress_default))
+    }
+
+    /// Steps 2 and 3: the deepest listed cgroup ancestor's class, then the scope for the uid
+    /// or, failing that, for any uid.
+    fn scope(&self, cgroup: &str, uid: u32) -> Option<&ScopeValue> {
         // Ancestors from level 1 down to the cgroup itself; the deepest listed one wins.
         let mut class = self.parity;
         let mut path = String::new();
@@ -87,29 +116,26 @@ impl MapSim {
             cgroup_class: class,
             uid,
         };
-        let Some(scope) = self
-            .scopes
+        self.scopes
             .get(&key(uid))
             .or_else(|| self.scopes.get(&key(ANY_UID)))
-        else {
-            return Decision::UNGOVERNED;
-        };
-        let addr_class = match dst {
-            IpAddr::V4(v4) => self.addr4.lookup(addr4_data(scope.scope, v4.octets()), 64),
-            IpAddr::V6(v6) => self.addr6.lookup(addr6_data(scope.scope, v6.octets()), 160),
-        };
-        let Some(addr_class) = addr_class else {
-            return scope.default;
-        };
+    }
+
+    /// Steps 4 and 5 under `scope` (an egress or an ingress scope id): the address class of
+    /// `addr`, then the port entry; `None` on a miss at either, where the kernel uses the
+    /// scope's default.
+    fn lookup(&self, scope: u32, addr: IpAddr, protocol: u8, port: u16) -> Option<Decision> {
+        let addr_class = match addr {
+            IpAddr::V4(v4) => self.addr4.lookup(addr4_data(scope, v4.octets()), 64),
+            IpAddr::V6(v6) => self.addr6.lookup(addr6_data(scope, v6.octets()), 160),
+        }?;
         let port = if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {
             port
         } else {
             0
         };
         let data: PortData = port_data(addr_class, protocol, port);
-        self.ports
-            .lookup(data, PORT_KEY_FULL_BITS)
-            .unwrap_or(scope.default)
+        self.ports.lookup(data, PORT_KEY_FULL_BITS)
     }
 }
 
@@ -123,4 +149,16 @@ pub fn decide(
     port: u16,
 ) -> Decision {
     MapSim::new(compiled).decide(cgroup_path, uid, dst, protocol, port)
+}
+
+/// [`MapSim::decide_ingress`] on freshly indexed maps.
+pub fn decide_ingress(
+    compiled: &Compiled,
+    cgroup_path: &str,
+    uid: u32,
+    src: IpAddr,
+    protocol: u8,
+    local_port: u16,
+) -> Option<Decision> {
+    MapSim::new(compiled).decide_ingress(cgroup_path, uid, src, protocol, local_port)
 }

@@ -9,6 +9,7 @@ pub mod mapsim;
 mod ports;
 #[cfg(test)]
 mod proptests;
+mod scopes;
 #[cfg(test)]
 mod tests;
 
@@ -17,23 +18,40 @@ use std::hash::Hash;
 
 use egress_common::keys::{addr4_data, addr6_data};
 use egress_common::{
-    ANY_UID, Addr4Data, Addr6Data, Decision, PARITY_BIT, PortData, ScopeKey, ScopeValue,
-    config_flags,
+    Addr4Data, Addr6Data, Decision, PARITY_BIT, PortData, ScopeKey, ScopeValue, config_flags,
 };
 
-use crate::eval::decision_for;
-use crate::policy::{Family, Policy, PolicySet, Rule, RuleInfo};
+use crate::eval::{decision_for, ingress_decision_for};
+use crate::policy::{Family, PodSelector, Policy, PolicySet, Rule, RuleInfo, Selector};
+use scopes::{DistinctScope, scopes};
 
-/// Where the loader found each systemd unit named in a selector.
+/// Where the loader found each systemd unit and each pod selector named in a selector.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CgroupResolution {
     /// Unit name to cgroup paths (relative to the cgroup2 root, starting with `/`).
     pub units: HashMap<String, Vec<String>>,
+    /// Pod selector to the cgroup paths of the pods it matches on this node. A pod selector
+    /// selects exactly these paths (and their descendants); absent means none.
+    pub pods: HashMap<PodSelector, Vec<String>>,
 }
 
 impl CgroupResolution {
     pub fn paths(&self, unit: &str) -> &[String] {
         self.units.get(unit).map_or(&[], Vec::as_slice)
+    }
+
+    /// The cgroup paths resolved for `selector`'s pod selector (none without one).
+    pub fn pod_paths(&self, selector: &Selector) -> &[String] {
+        selector
+            .pods
+            .as_ref()
+            .and_then(|pods| self.pods.get(pods))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The cgroup part of `selector` holds for `path`, pods resolved through `self`.
+    pub fn matches_cgroup(&self, selector: &Selector, path: &str) -> bool {
+        selector.matches_cgroup_with(path, self.pod_paths(selector))
     }
 }
 
@@ -54,6 +72,8 @@ pub struct Summary {
     pub prefixes: usize,
     pub cgroups: usize,
     pub scopes: usize,
+    /// Distinct ingress scopes (sets of applicable policies that restrict inbound traffic).
+    pub ingress_scopes: usize,
     pub ports: usize,
 }
 
@@ -139,60 +159,96 @@ pub fn compile(
     if all.iter().any(|p| p.selector.selects_cgroups()) {
         out.flags |= config_flags::CGROUP_SELECTORS;
     }
+    if all.iter().any(|p| !p.selector.uids.is_empty()) {
+        out.flags |= config_flags::UID_SELECTORS;
+    }
+    // Set whenever a loaded policy restricts inbound traffic, even if its selector resolves to
+    // nothing yet: the flag also makes the egress program record UDP peers, and records only
+    // made from now on can recognise replies once a pod or unit appears.
+    if all.iter().any(Policy::restricts_inbound) {
+        out.flags |= config_flags::INGRESS;
+    }
     let classes = cgroup_classes(all, cgroups, parity, &mut out)?;
-    let scopes = scopes(all, &classes, parity, &mut out)?;
+    let distinct = scopes(all, &classes, parity, &mut out)?;
 
     let mut by_id: Vec<Option<&Rule>> = Vec::new();
-    for rule in all.iter().flat_map(|p| &p.rules) {
+    for rule in all.iter().flat_map(|p| p.rules.iter().chain(&p.ingress)) {
         let index = rule.id as usize;
         if by_id.len() <= index {
             by_id.resize(index + 1, None);
         }
         by_id[index] = Some(rule);
     }
+    // Egress and ingress scope ids come from one interner, so the (scope, set) keys, and with
+    // them the address classes, of the two directions never collide.
     let mut addr_classes: Interner<(u32, Vec<u32>)> = Interner::new(1, "address classes");
-    for (members, scope) in scopes {
-        let applicable: Vec<&Policy> = members.iter().map(|i| &all[*i]).collect();
-        let rules: Vec<&Rule> = applicable.iter().flat_map(|p| &p.rules).collect();
-        for family in [Family::V4, Family::V6] {
-            for (prefix, set) in addr::classify(&rules, family) {
-                let class = addr_classes.intern_with((scope, set), |id, (_, set)| {
-                    let class_rules: Vec<&Rule> =
-                        set.iter().filter_map(|id| by_id[*id as usize]).collect();
-                    ports::emit(id | parity, &applicable, &class_rules, &mut out.ports);
-                })? | parity;
-                let scope_id = scope | parity;
-                match family {
-                    Family::V4 => {
-                        // Truncation is intended: IPv4 prefixes live in the low 32 bits.
-                        let bytes = (prefix.addr as u32).to_be_bytes();
-                        out.addr4.push((
-                            32 + u32::from(prefix.len),
-                            addr4_data(scope_id, bytes),
-                            class,
-                        ));
-                    }
-                    Family::V6 => {
-                        let bytes = prefix.addr.to_be_bytes();
-                        out.addr6.push((
-                            32 + u32::from(prefix.len),
-                            addr6_data(scope_id, bytes),
-                            class,
-                        ));
-                    }
-                }
-            }
-        }
+    for scope in &distinct {
+        emit_scope(all, scope, &by_id, &mut addr_classes, &mut out)?;
     }
     out.summary = Summary {
         policies: all.len(),
         rules: policies.rule_count(),
         prefixes: out.addr4.len() + out.addr6.len(),
         cgroups: out.cgroups.len(),
-        scopes: out.scopes.len(),
+        scopes: distinct.iter().filter(|s| !s.ingress).count(),
+        ingress_scopes: distinct.iter().filter(|s| s.ingress).count(),
         ports: out.ports.len(),
     };
     Ok(out)
+}
+
+/// The address and port entries of one scope: egress rules by destination, or ingress rules
+/// by source.
+fn emit_scope(
+    all: &[Policy],
+    scope: &DistinctScope,
+    by_id: &[Option<&Rule>],
+    addr_classes: &mut Interner<(u32, Vec<u32>)>,
+    out: &mut Compiled,
+) -> Result<(), CompileError> {
+    let parity = out.parity;
+    let applicable: Vec<&Policy> = scope.members.iter().map(|i| &all[*i]).collect();
+    let rules: Vec<&Rule> = applicable
+        .iter()
+        .flat_map(|p| if scope.ingress { &p.ingress } else { &p.rules })
+        .collect();
+    let decide = |matched: &dyn Fn(&Rule) -> bool| {
+        if scope.ingress {
+            ingress_decision_for(&applicable, matched)
+        } else {
+            Some(decision_for(&applicable, matched))
+        }
+    };
+    let scope_id = scope.id | parity;
+    for family in [Family::V4, Family::V6] {
+        for (prefix, set) in addr::classify(&rules, family) {
+            let class = addr_classes.intern_with((scope.id, set), |id, (_, set)| {
+                let class_rules: Vec<&Rule> =
+                    set.iter().filter_map(|id| by_id[*id as usize]).collect();
+                ports::emit(id | parity, &class_rules, &decide, &mut out.ports);
+            })? | parity;
+            match family {
+                Family::V4 => {
+                    // Truncation is intended: IPv4 prefixes live in the low 32 bits.
+                    let bytes = (prefix.addr as u32).to_be_bytes();
+                    out.addr4.push((
+                        32 + u32::from(prefix.len),
+                        addr4_data(scope_id, bytes),
+                        class,
+                    ));
+                }
+                Family::V6 => {
+                    let bytes = prefix.addr.to_be_bytes();
+                    out.addr6.push((
+                        32 + u32::from(prefix.len),
+                        addr6_data(scope_id, bytes),
+                        class,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Cgroup classes: for each selected path, the policies whose cgroup part selects it.
@@ -214,13 +270,21 @@ fn cgroup_classes(
                     .filter(|p| !p.is_empty()),
             );
         }
+        paths.extend(
+            resolution
+                .pod_paths(selector)
+                .iter()
+                .map(|p| p.trim_end_matches('/').to_string())
+                .filter(|p| !p.is_empty()),
+        );
     }
     let mut classes = vec![(0, Vec::new())];
     let mut interner: Interner<Vec<usize>> = Interner::new(1, "cgroup classes");
     for path in paths {
         let members: Vec<usize> = (0..all.len())
             .filter(|i| {
-                all[*i].selector.selects_cgroups() && all[*i].selector.matches_cgroup(&path)
+                all[*i].selector.selects_cgroups()
+                    && resolution.matches_cgroup(&all[*i].selector, &path)
             })
             .collect();
         // Selection only grows with depth, so an empty class has no selected ancestor either
@@ -235,67 +299,4 @@ fn cgroup_classes(
         out.cgroups.push((path, id | parity));
     }
     Ok(classes)
-}
-
-/// Scopes for every (cgroup class, uid): the applicable policy set, interned.
-/// Returns (member policy indexes, scope id without parity) of every distinct scope.
-fn scopes(
-    all: &[Policy],
-    classes: &[(u32, Vec<usize>)],
-    parity: u32,
-    out: &mut Compiled,
-) -> Result<Vec<(Vec<usize>, u32)>, CompileError> {
-    let uids: BTreeSet<u32> = all
-        .iter()
-        .flat_map(|p| p.selector.uids.iter().copied())
-        .collect();
-    let global: Vec<usize> = (0..all.len())
-        .filter(|i| !all[*i].selector.selects_cgroups())
-        .collect();
-    let mut interner: Interner<Vec<usize>> = Interner::new(1, "scopes");
-    let mut distinct = Vec::new();
-    for (class, members) in classes {
-        let mut base: Vec<usize> = members.iter().chain(&global).copied().collect();
-        base.sort_unstable();
-        let pick = |uid: Option<u32>| -> Vec<usize> {
-            base.iter()
-                .copied()
-                .filter(|i| match uid {
-                    Some(uid) => all[*i].selector.matches_uid(uid),
-                    None => all[*i].selector.uids.is_empty(),
-                })
-                .collect()
-        };
-        let any = pick(None);
-        let mut entries = vec![(ANY_UID, any.clone())];
-        for uid in &uids {
-            let set = pick(Some(*uid));
-            // The kernel falls back to ANY_UID, so identical entries would be redundant.
-            if set != any {
-                entries.push((*uid, set));
-            }
-        }
-        for (uid, set) in entries {
-            if set.is_empty() {
-                continue;
-            }
-            let (scope, new) = interner.intern(set.clone())?;
-            let applicable: Vec<&Policy> = set.iter().map(|i| &all[*i]).collect();
-            if new {
-                distinct.push((set, scope));
-            }
-            out.scopes.push((
-                ScopeKey {
-                    cgroup_class: class | parity,
-                    uid,
-                },
-                ScopeValue {
-                    scope: scope | parity,
-                    _pad: 0,
-                    default: decision_for(&applicable, &|_| false),
-                },
-            ));
-        }
-    }
-    Ok(distinct)
 }

@@ -3,15 +3,17 @@
 use egress_common::Decision;
 use egress_common::keys::{CLASS_AND_PROTOCOL_BITS, ID_BITS, port_data};
 
-use crate::eval::decision_for;
-use crate::policy::{
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Policy, Protocol, Rule,
-};
+use crate::policy::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Protocol, Rule};
 
 /// A protocol no rule can name, standing for "every other protocol" (GRE).
 const OTHER_PROTOCOL: u8 = 47;
 
+/// A scope's decision when exactly the rules the predicate accepts match; `None`: no entry.
+pub(crate) type DecisionFn<'a> = dyn Fn(&dyn Fn(&Rule) -> bool) -> Option<Decision> + 'a;
+
 /// Emits the entries of address class `class` (with parity), whose addresses match `rules`.
+/// `decision` is the scope's decision when exactly the rules it is given match (egress or
+/// ingress semantics; `None` writes no entry).
 ///
 /// Where no rule of the class matches, no entry is written and the kernel uses the scope
 /// default, which is the decision with no matching rule. A class-wide entry (all protocols)
@@ -19,8 +21,8 @@ const OTHER_PROTOCOL: u8 = 47;
 /// matching rule too, so the per-port entries cover those protocols completely.
 pub(crate) fn emit(
     class: u32,
-    applicable: &[&Policy],
     rules: &[&Rule],
+    decision: &DecisionFn<'_>,
     out: &mut Vec<(u32, egress_common::PortData, Decision)>,
 ) {
     if rules.is_empty() {
@@ -31,10 +33,11 @@ pub(crate) fn emit(
             r.matches_protocol(protocol, port)
                 && rules.binary_search_by_key(&r.id, |x| x.id).is_ok()
         };
-        rules
-            .iter()
-            .any(|r| hit(r))
-            .then(|| decision_for(applicable, &hit))
+        if rules.iter().any(|r| hit(r)) {
+            decision(&hit)
+        } else {
+            None
+        }
     };
     for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
         let named = if protocol == IPPROTO_TCP {

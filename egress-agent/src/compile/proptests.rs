@@ -1,8 +1,9 @@
 //! The compiled maps, as the kernel reads them, decide exactly like the reference evaluator.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use egress_common::PARITY_BIT;
+use egress_common::{PARITY_BIT, config_flags, verdict};
 use proptest::prelude::*;
 
 use super::mapsim::MapSim;
@@ -10,8 +11,8 @@ use super::{CgroupResolution, compile};
 use crate::eval;
 use crate::policy::net::mask;
 use crate::policy::{
-    Action, Destination, Entity, Family, LogMode, Mode, Policy, PolicySet, PortRange, Prefix,
-    Protocol, Rule, Selector,
+    Action, Destination, Entity, Family, LogMode, Mode, PodSelector, Policy, PolicySet, PortRange,
+    Prefix, Protocol, Rule, Selector,
 };
 
 const CGROUPS: &[&str] = &[
@@ -114,6 +115,13 @@ fn destination() -> impl Strategy<Value = Destination> {
     prop_oneof![7 => cidr, 2 => entity, 1 => Just(Destination::Host("a.example.com".into()))]
 }
 
+/// A `from` entry: a destination that is not a host name (the loader rejects those).
+fn source() -> impl Strategy<Value = Destination> {
+    destination().prop_filter("host names cannot select sources", |d| {
+        !matches!(d, Destination::Host(_))
+    })
+}
+
 fn ports() -> impl Strategy<Value = Option<Vec<PortRange>>> {
     let range =
         (prop::sample::select(PORTS), prop::sample::select(PORTS)).prop_map(|(a, b)| PortRange {
@@ -124,6 +132,14 @@ fn ports() -> impl Strategy<Value = Option<Vec<PortRange>>> {
 }
 
 fn rule() -> impl Strategy<Value = Rule> {
+    rule_with(destination().boxed())
+}
+
+fn ingress_rule() -> impl Strategy<Value = Rule> {
+    rule_with(source().boxed())
+}
+
+fn rule_with(peer: BoxedStrategy<Destination>) -> impl Strategy<Value = Rule> {
     let protocol = prop::sample::select(
         &[
             Protocol::Tcp,
@@ -138,7 +154,7 @@ fn rule() -> impl Strategy<Value = Rule> {
         any::<bool>(),
         protocol,
         ports(),
-        prop::collection::vec(destination(), 1..4),
+        prop::collection::vec(peer, 1..4),
     )
         .prop_map(|(deny, protocol, ports, to)| Rule {
             id: 0,
@@ -161,11 +177,24 @@ fn selector() -> impl Strategy<Value = Selector> {
     );
     let units = prop::option::weighted(0.2, Just(vec!["u.service".to_string()]));
     let uids = prop::option::weighted(0.3, prop::sample::subsequence(&[1000u32, 1001][..], 1..=2));
-    (cgroups, units, uids).prop_map(|(c, units, uids)| Selector {
+    let pods = prop::option::weighted(0.3, 0..POD_SELECTORS);
+    (cgroups, units, uids, pods).prop_map(|(c, units, uids, pods)| Selector {
         cgroups: c.map_or_else(Vec::new, |c| c.into_iter().map(String::from).collect()),
         units: units.unwrap_or_default(),
         uids: uids.unwrap_or_default(),
+        pods: pods.map(pod_selector),
     })
+}
+
+/// Pod selectors the tests draw from: 0 and 1 resolve (see [`check`]), 2 resolves to no path,
+/// 3 is unresolved.
+const POD_SELECTORS: usize = 4;
+
+fn pod_selector(i: usize) -> PodSelector {
+    PodSelector {
+        namespaces: vec![format!("ns{i}")],
+        ..PodSelector::default()
+    }
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
@@ -175,21 +204,33 @@ fn policy() -> impl Strategy<Value = Policy> {
         any::<bool>(),
         prop::sample::select(&[LogMode::All, LogMode::Deny, LogMode::None][..]),
         prop::collection::vec(rule(), 0..5),
+        prop::bool::weighted(0.4),
+        prop::option::weighted(0.5, prop::collection::vec(ingress_rule(), 1..4)),
     )
-        .prop_map(|(selector, audit, deny, log, mut rules)| {
-            for (i, r) in rules.iter_mut().enumerate() {
-                r.name = format!("r{i}");
-            }
-            Policy {
-                name: String::new(),
-                selector,
-                mode: if audit { Mode::Audit } else { Mode::Enforce },
-                default_action: if deny { Action::Deny } else { Action::Allow },
-                log,
-                rules,
-                default_id: 0,
-            }
-        })
+        .prop_map(
+            |(selector, audit, deny, log, mut rules, inbound_deny, ingress)| {
+                let mut ingress = ingress.unwrap_or_default();
+                for (i, r) in rules.iter_mut().chain(&mut ingress).enumerate() {
+                    r.name = format!("r{i}");
+                }
+                Policy {
+                    name: String::new(),
+                    selector,
+                    mode: if audit { Mode::Audit } else { Mode::Enforce },
+                    default_action: if deny { Action::Deny } else { Action::Allow },
+                    log,
+                    rules,
+                    default_id: 0,
+                    inbound: if inbound_deny {
+                        Action::Deny
+                    } else {
+                        Action::Allow
+                    },
+                    ingress,
+                    inbound_default_id: 0,
+                }
+            },
+        )
 }
 
 fn policy_set() -> impl Strategy<Value = PolicySet> {
@@ -258,12 +299,35 @@ fn check(set: &PolicySet, seed: u64, packets: usize, parity: bool) -> Result<(),
         "u.service".into(),
         vec!["/x/u.service".into(), "/a/u.service".into()],
     );
+    resolution
+        .pods
+        .insert(pod_selector(0), vec!["/a/b".into(), "/d".into()]);
+    resolution
+        .pods
+        .insert(pod_selector(1), vec!["/a/u.service".into(), "/cc".into()]);
+    resolution.pods.insert(pod_selector(2), Vec::new());
     let parity = if parity { PARITY_BIT } else { 0 };
     let compiled =
         compile(set, &resolution, parity).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let restricts = set.policies.iter().any(Policy::restricts_inbound);
+    prop_assert_eq!(compiled.flags & config_flags::INGRESS != 0, restricts);
+    let egress_ids: HashSet<u32> = compiled.scopes.iter().map(|(_, v)| v.scope).collect();
+    for (_, value) in &compiled.scopes {
+        if value.ingress_default.verdict != verdict::NONE {
+            prop_assert!(
+                !egress_ids.contains(&value.ingress_scope),
+                "ingress scope {:#x} is also an egress scope",
+                value.ingress_scope
+            );
+        }
+    }
     let sim = MapSim::new(&compiled);
     let mut prefixes = Vec::new();
-    for rule in set.policies.iter().flat_map(|p| &p.rules) {
+    for rule in set
+        .policies
+        .iter()
+        .flat_map(|p| p.rules.iter().chain(&p.ingress))
+    {
         rule.for_each_prefix(|p, except| {
             prefixes.push(*p);
             prefixes.extend_from_slice(except);
@@ -273,22 +337,35 @@ fn check(set: &PolicySet, seed: u64, packets: usize, parity: bool) -> Result<(),
     for _ in 0..packets {
         let cgroup = rng.pick(CGROUPS);
         let uid = rng.pick(UIDS);
-        let dst = address(&mut rng, &prefixes);
+        let peer = address(&mut rng, &prefixes);
         let protocol = rng.pick(PROTOCOLS);
         let port = match rng.next() % 3 {
             0 => rng.pick(PORTS),
             1 => rng.pick(PORTS).wrapping_add(1),
             _ => rng.next() as u16,
         };
-        let want = eval::decide(set, cgroup, uid, dst, protocol, port);
-        let got = sim.decide(cgroup, uid, dst, protocol, port);
+        let want = eval::decide_in(set, &resolution, cgroup, uid, peer, protocol, port);
+        let got = sim.decide(cgroup, uid, peer, protocol, port);
         prop_assert_eq!(
             got,
             want,
             "{} uid {} -> {} proto {} port {}",
             cgroup,
             uid,
-            dst,
+            peer,
+            protocol,
+            port
+        );
+        // The same packet seen inbound: `peer` is its source, `port` the local port.
+        let want = eval::decide_ingress_in(set, &resolution, cgroup, uid, peer, protocol, port);
+        let got = sim.decide_ingress(cgroup, uid, peer, protocol, port);
+        prop_assert_eq!(
+            got,
+            want,
+            "ingress: {} uid {} <- {} proto {} port {}",
+            cgroup,
+            uid,
+            peer,
             protocol,
             port
         );

@@ -48,7 +48,17 @@ fn nested_cgroups_get_both_policies() {
     let compiled =
         compile(&set, &CgroupResolution::default(), PARITY_BIT).expect("valid test input");
     assert_eq!(compiled.cgroups.len(), 2);
-    assert_eq!(compiled.flags, config_flags::CGROUP_SELECTORS);
+    assert_eq!(
+        compiled.flags,
+        config_flags::CGROUP_SELECTORS | config_flags::UID_SELECTORS
+    );
+    assert!(
+        compiled
+            .scopes
+            .iter()
+            .all(|(_, v)| v.ingress_default.verdict == verdict::NONE),
+        "no policy restricts inbound: the ingress program passes everything"
+    );
     assert!(compiled.cgroups.iter().all(|(_, c)| c & PARITY_BIT != 0));
     let sim = mapsim::MapSim::new(&compiled);
     let cases = [
@@ -70,6 +80,131 @@ fn nested_cgroups_get_both_policies() {
     }
     let d = sim.decide("/system.slice/app.service", 1000, ip("203.0.113.1"), 6, 443);
     assert_eq!(d.verdict, verdict::DENY);
+}
+
+const OUTBOUND_ONLY: &str = r#"
+apiVersion: egress.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: db}
+spec:
+  selector: {cgroups: [/system.slice/db.service]}
+  inbound: deny
+  log: deny
+  ingress:
+    - name: ssh-from-mgmt
+      action: allow
+      from: [{cidr: 192.0.2.0/24, except: [192.0.2.128/25]}, {cidr: "2001:db8:1::/48"}]
+      protocol: tcp
+      ports: [22]
+    - name: no-bad-peer
+      action: deny
+      from: [{cidr: 192.0.2.7/32}]
+---
+apiVersion: egress.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: egress-only}
+spec:
+  egress:
+    - name: no-docs
+      action: deny
+      to: [{cidr: 192.0.2.0/24}]
+---
+apiVersion: egress.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: trial}
+spec:
+  selector: {cgroups: [/system.slice/web.service]}
+  mode: audit
+  ingress:
+    - name: no-icmp
+      action: deny
+      from: [{entity: any}]
+      protocol: icmp
+"#;
+
+#[test]
+fn outbound_only_compiles_to_ingress_entries() {
+    let set = parse_str(Path::new("t.yaml"), OUTBOUND_ONLY).expect("valid test input");
+    // Ids: db's ingress rules 1-2, default 3, inbound-default 4; egress-only 5-6; trial 7-9.
+    let ids: Vec<(u32, String)> = set
+        .rule_table()
+        .into_iter()
+        .map(|r| (r.id, format!("{}/{}", r.policy, r.rule)))
+        .collect();
+    let want = [
+        "db/ssh-from-mgmt",
+        "db/no-bad-peer",
+        "db/default",
+        "db/inbound-default",
+        "egress-only/no-docs",
+        "egress-only/default",
+        "trial/no-icmp",
+        "trial/default",
+        "trial/inbound-default",
+    ];
+    assert_eq!(ids.len(), want.len(), "{ids:?}");
+    for ((id, name), (i, want)) in ids.iter().zip(want.iter().enumerate()) {
+        assert_eq!((*id as usize, name.as_str()), (i + 1, *want));
+    }
+    let compiled = compile(&set, &CgroupResolution::default(), PARITY_BIT).expect("compiles");
+    assert_ne!(compiled.flags & config_flags::INGRESS, 0);
+    assert_eq!(compiled.summary.ingress_scopes, 2, "db, and trial");
+    let egress_ids: Vec<u32> = compiled.scopes.iter().map(|(_, v)| v.scope).collect();
+    for (key, value) in &compiled.scopes {
+        if value.ingress_default.verdict == verdict::NONE {
+            continue;
+        }
+        assert_ne!(value.ingress_scope & PARITY_BIT, 0, "{key:?}");
+        assert!(!egress_ids.contains(&value.ingress_scope), "{key:?}");
+    }
+    let sim = mapsim::MapSim::new(&compiled);
+    let db = "/system.slice/db.service/sub";
+    let d = sim
+        .decide_ingress(db, 0, ip("198.51.100.1"), 6, 5432)
+        .expect("judged");
+    assert_eq!((d.verdict, d.rule, d.log), (verdict::DENY, 4, 1));
+    let d = sim
+        .decide_ingress(db, 0, ip("192.0.2.9"), 6, 22)
+        .expect("judged");
+    assert_eq!((d.verdict, d.rule, d.log), (verdict::ALLOW, 1, 0));
+    let d = sim
+        .decide_ingress(db, 0, ip("192.0.2.7"), 6, 22)
+        .expect("judged");
+    assert_eq!((d.verdict, d.rule), (verdict::DENY, 2), "deny beats allow");
+    let d = sim
+        .decide_ingress(db, 0, ip("192.0.2.200"), 6, 22)
+        .expect("judged");
+    assert_eq!((d.verdict, d.rule), (verdict::DENY, 4), "except cuts out");
+    assert_eq!(
+        sim.decide_ingress("/user.slice", 0, ip("192.0.2.9"), 6, 22),
+        None,
+        "only egress-only applies: not judged"
+    );
+    let d = sim
+        .decide_ingress("/system.slice/web.service", 0, ip("192.0.2.9"), 1, 0)
+        .expect("judged");
+    assert_eq!(
+        (d.verdict, d.rule, d.audit_verdict, d.audit_rule),
+        (verdict::ALLOW, 0, verdict::DENY, 7)
+    );
+    // The egress side of db is untouched by its ingress rules: 192.0.2.9 is denied outbound
+    // by egress-only, and 198.51.100.1 is allowed.
+    let d = sim.decide(db, 0, ip("192.0.2.9"), 6, 22);
+    assert_eq!((d.verdict, d.rule), (verdict::DENY, 5));
+    let d = sim.decide(db, 0, ip("198.51.100.1"), 6, 22);
+    assert_eq!(d.verdict, verdict::ALLOW);
+    for (cgroup, src, proto, port) in [
+        (db, "192.0.2.9", 6, 22),
+        (db, "2001:db8:1::5", 6, 22),
+        (db, "2001:db8:1::5", 17, 22),
+        (db, "192.0.2.7", 1, 0),
+        ("/system.slice/web.service", "::1", 58, 0),
+        ("/", "192.0.2.7", 6, 22),
+    ] {
+        let want = eval::decide_ingress(&set, cgroup, 0, ip(src), proto, port);
+        let got = sim.decide_ingress(cgroup, 0, ip(src), proto, port);
+        assert_eq!(got, want, "{cgroup} {src} {proto} {port}");
+    }
 }
 
 #[test]
@@ -111,6 +246,38 @@ fn units_resolve_to_paths() {
 }
 
 #[test]
+fn pods_select_exactly_their_resolved_paths() {
+    let text = "apiVersion: egress.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: p}\nspec:\n  selector: {pods: {matchLabels: {app: web}}}\n  defaultAction: deny\n";
+    let set = parse_str(Path::new("p.yaml"), text).expect("valid test input");
+    let pod = "/kubepods.slice/kubepods-podu.slice";
+    let unresolved = compile(&set, &CgroupResolution::default(), 0).expect("valid test input");
+    let sim = mapsim::MapSim::new(&unresolved);
+    assert_eq!(
+        sim.decide(pod, 0, ip("192.0.2.1"), 6, 80),
+        Decision::UNGOVERNED,
+        "no resolution selects nothing"
+    );
+    let mut res = CgroupResolution::default();
+    let selector = set.policies[0].selector.pods.clone().expect("pods");
+    res.pods.insert(selector, vec![pod.into()]);
+    let compiled = compile(&set, &res, 0).expect("valid test input");
+    let sim = mapsim::MapSim::new(&compiled);
+    for (cgroup, want) in [
+        (format!("{pod}/cri-containerd-1.scope"), verdict::DENY),
+        ("/kubepods.slice".to_string(), verdict::ALLOW),
+        (
+            "/kubepods.slice/kubepods-podv.slice".to_string(),
+            verdict::ALLOW,
+        ),
+    ] {
+        let got = sim.decide(&cgroup, 0, ip("192.0.2.1"), 6, 80);
+        assert_eq!(got.verdict, want, "{cgroup}");
+        let eval = eval::decide_in(&set, &res, &cgroup, 0, ip("192.0.2.1"), 6, 80);
+        assert_eq!(got, eval, "{cgroup}");
+    }
+}
+
+#[test]
 fn bad_parity_is_rejected() {
     assert!(compile(&PolicySet::default(), &CgroupResolution::default(), 7).is_err());
 }
@@ -138,12 +305,12 @@ fn million_prefixes_benchmark() {
     };
     let set = PolicySet::new(vec![Policy {
         name: "big".into(),
-        selector: crate::policy::Selector::default(),
+        selector: Selector::default(),
         mode: crate::policy::Mode::Enforce,
         default_action: crate::policy::Action::Allow,
         log: crate::policy::LogMode::All,
         rules: vec![rule],
-        default_id: 0,
+        ..Policy::default()
     }]);
     let start = std::time::Instant::now();
     let compiled = compile(&set, &CgroupResolution::default(), 0).expect("valid test input");

@@ -47,7 +47,10 @@ pub(crate) fn warnings(set: &PolicySet) -> Vec<Warning> {
             }
         }
         if policy.rules.len() <= MAX_RULES_FOR_SHADOWING {
-            shadowing(policy, &mut warn);
+            shadowing(&policy.rules, Target::RuleName, &mut warn);
+        }
+        if policy.ingress.len() <= MAX_RULES_FOR_SHADOWING {
+            shadowing(&policy.ingress, Target::IngressRuleName, &mut warn);
         }
     }
     out
@@ -62,19 +65,19 @@ fn allows_dns(policy: &Policy) -> bool {
     })
 }
 
-fn shadowing(policy: &Policy, warn: &mut impl FnMut(Target, String)) {
-    for (j, rule) in policy.rules.iter().enumerate() {
+/// Shadowed rules among the rules of one direction (`target` locates the n-th one's name).
+fn shadowing(rules: &[Rule], target: fn(usize) -> Target, warn: &mut impl FnMut(Target, String)) {
+    for (j, rule) in rules.iter().enumerate() {
         let inside_deny = (rule.action == Action::Allow)
             .then(|| {
-                policy
-                    .rules
+                rules
                     .iter()
                     .find(|d| d.action == Action::Deny && covers(d, rule))
             })
             .flatten();
         if let Some(deny) = inside_deny {
             warn(
-                Target::RuleName(j),
+                target(j),
                 format!(
                     "allow rule `{}` lies entirely inside deny rule `{}` of the same policy and never takes effect",
                     rule.name, deny.name
@@ -82,12 +85,12 @@ fn shadowing(policy: &Policy, warn: &mut impl FnMut(Target, String)) {
             );
             continue;
         }
-        let earlier = policy.rules[..j]
+        let earlier = rules[..j]
             .iter()
             .find(|e| e.action == rule.action && covers(e, rule));
         if let Some(earlier) = earlier {
             warn(
-                Target::RuleName(j),
+                target(j),
                 format!(
                     "rule `{}` is shadowed by earlier rule `{}`: everything it matches, `{}` matches first",
                     rule.name, earlier.name, earlier.name

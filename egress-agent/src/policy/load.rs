@@ -98,9 +98,12 @@ fn load_sources(sources: &[Source]) -> Result<PolicySet, LoadError> {
                 Ok(None) => {}
                 Err(err) => {
                     let diag = from_yaml(&source.path, &err);
-                    if !errors.contains(&diag) {
-                        errors.push(diag);
+                    // After a syntax error serde_yaml's document iterator yields the same
+                    // error forever: a repeat means nothing more can be read from this file.
+                    if errors.contains(&diag) {
+                        break;
                     }
+                    errors.push(diag);
                 }
             }
         }
@@ -148,30 +151,43 @@ fn load_sources(sources: &[Source]) -> Result<PolicySet, LoadError> {
     Ok(set)
 }
 
+/// Rule names are unique within a policy across both directions: events and the rule table
+/// name a rule by (policy, rule).
 fn check_rule_names(
     policy: &Policy,
     sources: &[Source],
     origin: Origin,
     errors: &mut Vec<Diagnostic>,
 ) {
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (index, rule) in policy.rules.iter().enumerate() {
-        if let Some(first) = seen.insert(&rule.name, index) {
-            // Keep pointing at the first one for later duplicates.
-            seen.insert(&rule.name, first);
-            let first_at = locate(sources, origin, Target::RuleName(first))
-                .map(|l| format!(" (first at line {}, column {})", l.line, l.column))
-                .unwrap_or_default();
-            errors.push(diagnostic(
-                sources,
-                origin,
-                Target::RuleName(index),
-                format!(
-                    "duplicate rule name `{}` in policy `{}`{first_at}",
-                    rule.name, policy.name
-                ),
-            ));
-        }
+    let egress = policy
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r, Target::RuleName(i)));
+    let ingress = policy
+        .ingress
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r, Target::IngressRuleName(i)));
+    let mut seen: HashMap<&str, Target> = HashMap::new();
+    for (rule, target) in egress.chain(ingress) {
+        // Later duplicates keep pointing at the first one.
+        let Some(first) = seen.get(rule.name.as_str()).copied() else {
+            seen.insert(&rule.name, target);
+            continue;
+        };
+        let first_at = locate(sources, origin, first)
+            .map(|l| format!(" (first at line {}, column {})", l.line, l.column))
+            .unwrap_or_default();
+        errors.push(diagnostic(
+            sources,
+            origin,
+            target,
+            format!(
+                "duplicate rule name `{}` in policy `{}`{first_at}",
+                rule.name, policy.name
+            ),
+        ));
     }
 }
 

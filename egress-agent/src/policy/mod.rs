@@ -6,9 +6,13 @@ mod error;
 mod lint;
 mod load;
 pub mod net;
+mod pods;
 mod probe;
 mod raw;
+mod raw_ingress;
+mod raw_pods;
 mod scalar;
+mod schema;
 #[cfg(test)]
 mod tests;
 
@@ -17,9 +21,11 @@ use std::net::IpAddr;
 pub use error::{Diagnostic, LoadError, Location};
 pub use load::{load, load_paths, parse_str, source_files};
 pub use net::{Entity, Family, Prefix};
+pub use pods::{LabelOperator, LabelRequirement, PodSelector};
+pub use schema::spec_schema;
 use serde::Deserialize;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -27,7 +33,7 @@ pub enum Mode {
     Audit,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     #[default]
@@ -36,7 +42,7 @@ pub enum Action {
 }
 
 /// Which decisions of a policy become events.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogMode {
     #[default]
@@ -45,7 +51,7 @@ pub enum LogMode {
     None,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -83,23 +89,34 @@ pub struct Selector {
     /// systemd unit names, matched against any path component.
     pub units: Vec<String>,
     pub uids: Vec<u32>,
+    /// Kubernetes pods; they select the cgroup paths the agent resolves for them, and nothing
+    /// where there is no resolution (outside `--kubernetes`, or no matching pod on the node).
+    pub pods: Option<PodSelector>,
 }
 
 impl Selector {
-    /// Whether the selector names cgroups at all (by path or by unit).
+    /// Whether the selector names cgroups at all (by path, unit or pod).
     pub fn selects_cgroups(&self) -> bool {
-        !self.cgroups.is_empty() || !self.units.is_empty()
+        !self.cgroups.is_empty() || !self.units.is_empty() || self.pods.is_some()
     }
 
-    /// The cgroup part of the selector (paths and units) holds for `path`.
+    /// The cgroup part of the selector (paths, units, pods) holds for `path`, with no pod
+    /// resolved: a pod selector then selects nothing.
     pub fn matches_cgroup(&self, path: &str) -> bool {
+        self.matches_cgroup_with(path, &[])
+    }
+
+    /// The cgroup part of the selector holds for `path` when the pod selector (if any) has
+    /// resolved to `pod_paths`; a path selects itself and its descendants.
+    pub fn matches_cgroup_with(&self, path: &str, pod_paths: &[String]) -> bool {
         let cgroup_ok =
             self.cgroups.is_empty() || self.cgroups.iter().any(|c| path_is_below(path, c));
         let unit_ok = self.units.is_empty()
             || path
                 .split('/')
                 .any(|part| self.units.iter().any(|u| u == part));
-        cgroup_ok && unit_ok
+        let pod_ok = self.pods.is_none() || pod_paths.iter().any(|p| path_is_below(path, p));
+        cgroup_ok && unit_ok && pod_ok
     }
 
     pub fn matches_uid(&self, uid: u32) -> bool {
@@ -139,9 +156,12 @@ pub struct Rule {
     pub id: u32,
     pub name: String,
     pub action: Action,
+    /// The peers the rule names: destinations (`to:`) of an egress rule, sources (`from:`) of
+    /// an ingress rule. Ingress rules never hold [`Destination::Host`] (the loader rejects it).
     pub to: Vec<Destination>,
     pub protocol: Protocol,
-    /// `None`: every port.
+    /// `None`: every port. Destination ports of egress packets; the local port (also the
+    /// packet's destination port) of inbound ones.
     pub ports: Option<Vec<PortRange>>,
 }
 
@@ -187,16 +207,35 @@ impl Rule {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
     pub selector: Selector,
     pub mode: Mode,
     pub default_action: Action,
     pub log: LogMode,
+    /// `spec.egress`.
     pub rules: Vec<Rule>,
     /// Id of `name/default`.
     pub default_id: u32,
+    /// `spec.inbound`: what happens to a new inbound connection no ingress rule matches.
+    pub inbound: Action,
+    /// `spec.ingress`: rules whose `to` holds the sources (`from:`).
+    pub ingress: Vec<Rule>,
+    /// Id of `name/inbound-default`; [`egress_common::NO_RULE`] unless the policy
+    /// [restricts inbound traffic](Self::restricts_inbound).
+    pub inbound_default_id: u32,
+}
+
+/// Rule name of a policy's inbound default in the rule table (`<policy>/inbound-default`).
+pub const INBOUND_DEFAULT: &str = "inbound-default";
+
+impl Policy {
+    /// Whether the policy takes part in judging new inbound connections: `inbound: deny`, or
+    /// any ingress rule. Other policies say nothing about inbound traffic.
+    pub fn restricts_inbound(&self) -> bool {
+        self.inbound == Action::Deny || !self.ingress.is_empty()
+    }
 }
 
 /// One line of the rule id table: what an id in an event stands for.
@@ -240,18 +279,25 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
-    /// Sorts by name and assigns ids: per policy, its rules in file order, then its default.
-    /// Names must be unique (the loader checks).
+    /// Sorts by name and assigns ids: per policy, its egress rules in file order, its ingress
+    /// rules in file order, its default, then its inbound default if it
+    /// [restricts inbound traffic](Policy::restricts_inbound) (so policies that do not keep
+    /// the ids they always had). Names must be unique (the loader checks).
     pub fn new(mut policies: Vec<Policy>) -> Self {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         let mut next = 1;
         for policy in &mut policies {
-            for rule in &mut policy.rules {
+            for rule in policy.rules.iter_mut().chain(&mut policy.ingress) {
                 rule.id = next;
                 next += 1;
             }
             policy.default_id = next;
             next += 1;
+            policy.inbound_default_id = egress_common::NO_RULE;
+            if policy.restricts_inbound() {
+                policy.inbound_default_id = next;
+                next += 1;
+            }
         }
         Self {
             policies,
@@ -262,7 +308,7 @@ impl PolicySet {
     pub fn rule_table(&self) -> Vec<RuleInfo> {
         let mut table = Vec::new();
         for p in &self.policies {
-            for r in &p.rules {
+            for r in p.rules.iter().chain(&p.ingress) {
                 table.push(RuleInfo {
                     id: r.id,
                     policy: p.name.clone(),
@@ -278,18 +324,49 @@ impl PolicySet {
                 action: p.default_action,
                 mode: p.mode,
             });
+            if p.restricts_inbound() {
+                table.push(RuleInfo {
+                    id: p.inbound_default_id,
+                    policy: p.name.clone(),
+                    rule: INBOUND_DEFAULT.into(),
+                    action: p.inbound,
+                    mode: p.mode,
+                });
+            }
         }
         table
     }
 
+    /// Rules of both directions.
     pub fn rule_count(&self) -> usize {
-        self.policies.iter().map(|p| p.rules.len()).sum()
+        self.policies
+            .iter()
+            .map(|p| p.rules.len() + p.ingress.len())
+            .sum()
     }
 
-    /// Enforced destination prefixes named by all rules (entities expanded, excepts counted).
+    /// Ingress rules alone.
+    pub fn ingress_rule_count(&self) -> usize {
+        self.policies.iter().map(|p| p.ingress.len()).sum()
+    }
+
+    /// Policies that [restrict inbound traffic](Policy::restricts_inbound).
+    pub fn inbound_policy_count(&self) -> usize {
+        self.policies
+            .iter()
+            .filter(|p| p.restricts_inbound())
+            .count()
+    }
+
+    /// Enforced prefixes named by all rules of both directions (entities expanded, excepts
+    /// counted).
     pub fn prefix_count(&self) -> usize {
         let mut count = 0;
-        for rule in self.policies.iter().flat_map(|p| &p.rules) {
+        for rule in self
+            .policies
+            .iter()
+            .flat_map(|p| p.rules.iter().chain(&p.ingress))
+        {
             rule.for_each_prefix(|_, except| count += 1 + except.len());
         }
         count

@@ -140,8 +140,8 @@ impl fmt::Display for Prefix {
     }
 }
 
-/// Named destination sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize)]
+/// Named address sets: destinations in `to`, sources in `from`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Entity {
     Any,

@@ -15,15 +15,19 @@ pub(crate) enum Target {
     PolicyName,
     /// `name` of the n-th rule of `spec.egress`.
     RuleName(usize),
-    /// The m-th `to` entry of the n-th rule.
+    /// The m-th `to` entry of the n-th rule of `spec.egress`.
     ToEntry(usize, usize),
+    /// `name` of the n-th rule of `spec.ingress`.
+    IngressRuleName(usize),
 }
 
 #[derive(Default)]
 struct State {
     target: Option<Target>,
     next_rule: usize,
-    current_rule: usize,
+    next_ingress_rule: usize,
+    /// The rule being read, as the target its name would be.
+    current_rule: Option<Target>,
     next_to: usize,
 }
 
@@ -41,24 +45,36 @@ pub(crate) fn reset(target: Option<Target>) {
     });
 }
 
+/// Starts a rule of `spec.egress`.
 pub(crate) fn enter_rule() {
     STATE.with_borrow_mut(|s| {
-        s.current_rule = s.next_rule;
+        s.current_rule = Some(Target::RuleName(s.next_rule));
         s.next_rule += 1;
         s.next_to = 0;
     });
 }
 
-pub(crate) fn hit_rule_name() -> bool {
-    STATE.with_borrow(|s| s.target == Some(Target::RuleName(s.current_rule)))
+/// Starts a rule of `spec.ingress`.
+pub(crate) fn enter_ingress_rule() {
+    STATE.with_borrow_mut(|s| {
+        s.current_rule = Some(Target::IngressRuleName(s.next_ingress_rule));
+        s.next_ingress_rule += 1;
+    });
 }
 
-/// Starts a `to` entry; true when it is the target.
+pub(crate) fn hit_rule_name() -> bool {
+    STATE.with_borrow(|s| s.target.is_some() && s.target == s.current_rule)
+}
+
+/// Starts a `to` entry of an egress rule; true when it is the target.
 pub(crate) fn enter_to() -> bool {
     STATE.with_borrow_mut(|s| {
         let index = s.next_to;
         s.next_to += 1;
-        s.target == Some(Target::ToEntry(s.current_rule, index))
+        match s.current_rule {
+            Some(Target::RuleName(rule)) => s.target == Some(Target::ToEntry(rule, index)),
+            _ => false,
+        }
     })
 }
 

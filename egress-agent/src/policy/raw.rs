@@ -1,15 +1,19 @@
 //! The YAML document shape, checked while deserializing so that errors carry positions.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer};
 
 use super::probe::{self, PROBE_MESSAGE};
+use super::raw_ingress::RawIngressRule;
+use super::raw_pods::RawPods;
 use super::scalar::{
     ApiVersion, CgroupPath, HostName, Kind, PolicyName, PortItem, PrefixDe, RuleName, Uid,
-    UnitName, unsupported,
+    UnitName, rejected, unsupported,
 };
 use super::{Action, Destination, Entity, LogMode, Mode, Policy, Protocol, Rule, Selector};
 
@@ -43,6 +47,21 @@ impl<'de, T: Checked + Deserialize<'de>> Deserialize<'de> for Valid<T> {
     }
 }
 
+/// The schema of what is checked; the checks themselves stay in the parser.
+impl<T: Checked + JsonSchema> JsonSchema for Valid<T> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
+
 /// A list that must not be empty; the error points at the list.
 pub(crate) struct NonEmpty<T>(pub Vec<T>);
 
@@ -71,6 +90,24 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for NonEmpty<T> {
     }
 }
 
+impl<T: JsonSchema> JsonSchema for NonEmpty<T> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        format!("NonEmpty_{}", T::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "type": "array",
+            "items": generator.subschema_for::<T>(),
+            "minItems": 1,
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(crate) struct RawDocument {
@@ -88,50 +125,58 @@ struct RawMetadata {
     name: PolicyName,
 }
 
-fn inbound<'de, D: Deserializer<'de>>(d: D) -> Result<Option<()>, D::Error> {
-    unsupported(d, "spec.inbound")
-}
-fn ingress<'de, D: Deserializer<'de>>(d: D) -> Result<Option<()>, D::Error> {
-    unsupported(d, "spec.ingress")
+fn from_in_egress<'de, D: Deserializer<'de>>(d: D) -> Result<Option<()>, D::Error> {
+    rejected(
+        d,
+        "egress rules match destinations: use `to:` instead of `from:` (or move the rule under `spec.ingress`)".into(),
+    )
 }
 fn dns<'de, D: Deserializer<'de>>(d: D) -> Result<Option<()>, D::Error> {
     unsupported(d, "spec.dns")
 }
-fn pods<'de, D: Deserializer<'de>>(d: D) -> Result<Option<()>, D::Error> {
-    unsupported(d, "selector.pods")
-}
 
-#[derive(Deserialize)]
+// Doc comments on these types become the CRD's descriptions (`kubernetes::crd`).
+
+/// Which workloads the policy governs and what their egress may reach; see docs/policy.md.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSpec {
+pub(crate) struct RawSpec {
+    /// Omitted: every process on the node. Several keys must all hold.
     selector: Option<RawSelector>,
+    /// enforce (default) drops what the policy denies; audit only records it.
     mode: Option<Mode>,
+    /// Decision when no rule matches (default allow).
     default_action: Option<Action>,
+    /// Which decisions become events (default all).
     log: Option<LogMode>,
+    /// Rules; a matching deny beats any allow.
     egress: Option<Vec<Valid<RawRule>>>,
-    #[serde(default, deserialize_with = "inbound")]
-    #[expect(dead_code, reason = "present only to reject the key")]
-    inbound: Option<()>,
-    #[serde(default, deserialize_with = "ingress")]
-    #[expect(dead_code, reason = "present only to reject the key")]
-    ingress: Option<()>,
+    /// New inbound connections and flows no ingress rule matches: allow (default) or deny
+    /// (outbound-only: replies to the workload's own connections still pass).
+    inbound: Option<Action>,
+    /// Rules for new inbound connections by source and local port; a matching deny beats
+    /// any allow.
+    ingress: Option<Vec<Valid<RawIngressRule>>>,
     #[serde(default, deserialize_with = "dns")]
+    #[schemars(skip)]
     #[expect(dead_code, reason = "present only to reject the key")]
     dns: Option<()>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawSelector {
+    /// cgroup v2 paths relative to the cgroup2 root; each selects its subtree.
     cgroups: Option<NonEmpty<CgroupPath>>,
+    /// systemd units, wherever they sit in the cgroup tree.
     units: Option<NonEmpty<UnitName>>,
+    /// Socket owner uids.
     uids: Option<NonEmpty<Uid>>,
-    #[serde(default, deserialize_with = "pods")]
-    #[expect(dead_code, reason = "present only to reject the key")]
-    pods: Option<()>,
+    /// Kubernetes pods (agent in Kubernetes mode); they select the pods' cgroups.
+    pods: Option<Valid<RawPods>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     name: RuleName,
@@ -139,6 +184,10 @@ struct RawRule {
     to: NonEmpty<Valid<RawTo>>,
     protocol: Option<Protocol>,
     ports: Option<NonEmpty<PortItem>>,
+    #[serde(default, deserialize_with = "from_in_egress")]
+    #[schemars(skip)]
+    #[expect(dead_code, reason = "present only to reject the key")]
+    from: Option<()>,
 }
 
 impl Checked for RawRule {
@@ -150,37 +199,54 @@ impl Checked for RawRule {
     }
 
     fn check(self) -> Result<Rule, String> {
-        let protocol = self.protocol.unwrap_or_default();
-        if self.ports.is_some() && matches!(protocol, Protocol::Icmp | Protocol::Icmpv6) {
-            return Err(format!(
-                "rule `{}`: ports only apply to tcp, udp or any, not to {}",
-                self.name.0,
-                if protocol == Protocol::Icmp {
-                    "icmp"
-                } else {
-                    "icmpv6"
-                }
-            ));
-        }
-        let mut ports = self
-            .ports
-            .map(|p| p.0.into_iter().map(|p| p.0).collect::<Vec<_>>());
-        if let Some(p) = &mut ports {
-            p.sort_unstable();
-            p.dedup();
-        }
-        Ok(Rule {
-            id: 0,
-            name: self.name.0,
-            action: self.action,
-            to: self.to.0.into_iter().map(|t| t.0).collect(),
+        let Self {
+            name,
+            action,
+            to,
             protocol,
             ports,
-        })
+            from: _,
+        } = self;
+        let to = to.0.into_iter().map(|t| t.0).collect();
+        build_rule(name.0, action, to, protocol, ports)
     }
 }
 
-#[derive(Deserialize)]
+/// A rule of either direction from its parsed parts; `peers` are the `to` or `from` entries.
+pub(crate) fn build_rule(
+    name: String,
+    action: Action,
+    peers: Vec<Destination>,
+    protocol: Option<Protocol>,
+    ports: Option<NonEmpty<PortItem>>,
+) -> Result<Rule, String> {
+    let protocol = protocol.unwrap_or_default();
+    if ports.is_some() && matches!(protocol, Protocol::Icmp | Protocol::Icmpv6) {
+        return Err(format!(
+            "rule `{name}`: ports only apply to tcp, udp or any, not to {}",
+            if protocol == Protocol::Icmp {
+                "icmp"
+            } else {
+                "icmpv6"
+            }
+        ));
+    }
+    let mut ports = ports.map(|p| p.0.into_iter().map(|p| p.0).collect::<Vec<_>>());
+    if let Some(p) = &mut ports {
+        p.sort_unstable();
+        p.dedup();
+    }
+    Ok(Rule {
+        id: 0,
+        name,
+        action,
+        to: peers,
+        protocol,
+        ports,
+    })
+}
+
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawTo {
     cidr: Option<PrefixDe>,
@@ -204,14 +270,7 @@ impl Checked for RawTo {
             .except
             .map(|e| e.into_iter().map(|p| p.0).collect::<Vec<_>>());
         match (self.cidr, self.entity, self.host) {
-            (Some(cidr), None, None) => {
-                let prefix = cidr.0;
-                let except = except.unwrap_or_default();
-                if let Some(bad) = except.iter().find(|e| !prefix.contains(e)) {
-                    return Err(format!("except {bad} is not inside cidr {prefix}"));
-                }
-                Ok(Destination::Cidr { prefix, except })
-            }
+            (Some(cidr), None, None) => cidr_entry(cidr.0, except),
             (None, entity, host) if except.is_some() && (entity.is_some() || host.is_some()) => {
                 Err("`except` only applies to `cidr` entries".into())
             }
@@ -221,6 +280,18 @@ impl Checked for RawTo {
             _ => Err("a `to` entry takes exactly one of `cidr`, `entity` or `host`; write one entry per destination".into()),
         }
     }
+}
+
+/// A `cidr` entry (of `to` or `from`) with its `except` list, which must lie inside it.
+pub(crate) fn cidr_entry(
+    prefix: super::Prefix,
+    except: Option<Vec<super::Prefix>>,
+) -> Result<Destination, String> {
+    let except = except.unwrap_or_default();
+    if let Some(bad) = except.iter().find(|e| !prefix.contains(e)) {
+        return Err(format!("except {bad} is not inside cidr {prefix}"));
+    }
+    Ok(Destination::Cidr { prefix, except })
 }
 
 impl RawDocument {
@@ -236,6 +307,7 @@ impl RawDocument {
             uids: s
                 .uids
                 .map_or_else(Vec::new, |l| l.0.into_iter().map(|u| u.0).collect()),
+            pods: s.pods.map(|p| p.0),
         });
         Policy {
             name: self.metadata.name.0,
@@ -250,6 +322,14 @@ impl RawDocument {
                 .map(|r| r.0)
                 .collect(),
             default_id: 0,
+            inbound: spec.inbound.unwrap_or_default(),
+            ingress: spec
+                .ingress
+                .unwrap_or_default()
+                .into_iter()
+                .map(|r| r.0)
+                .collect(),
+            inbound_default_id: 0,
         }
     }
 }

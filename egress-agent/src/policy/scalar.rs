@@ -44,14 +44,30 @@ where
     })
 }
 
-/// Declares a newtype whose Deserialize parses a string with a function.
+/// Declares a newtype whose Deserialize parses a string with a function. Its JSON schema (for
+/// the Kubernetes CRD) is a string described by `$expecting`: the parser stays the authority.
 macro_rules! parsed_string {
-    ($name:ident, $inner:ty, $expecting:literal, $parse:expr) => {
+    ($(#[$attr:meta])* $name:ident, $inner:ty, $expecting:literal, $parse:expr) => {
+        $(#[$attr])*
         pub(crate) struct $name(pub $inner);
 
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 parse_str(d, $expecting, $parse).map(Self)
+            }
+        }
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "string", "description": $expecting})
             }
         }
     };
@@ -77,6 +93,11 @@ parsed_string!(RuleName, String, "a rule name", |s: &str| {
     if name == "default" {
         return Err("rule name `default` is reserved for the policy's default action".into());
     }
+    if name == super::INBOUND_DEFAULT {
+        return Err(
+            "rule name `inbound-default` is reserved for the policy's inbound default".into(),
+        );
+    }
     Ok(name)
 });
 parsed_string!(HostName, String, "a host name", host_name);
@@ -94,6 +115,25 @@ parsed_string!(Kind, (), "a kind", |s: &str| match s {
     "EgressPolicy" => Ok(()),
     _ => Err(format!("unsupported kind `{s}`; expected `EgressPolicy`")),
 });
+parsed_string!(
+    NamespaceName,
+    String,
+    "a Kubernetes namespace name",
+    |s: &str| dns_label(s, "namespace name")
+);
+parsed_string!(
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    LabelKey,
+    String,
+    "a label key such as app.kubernetes.io/name",
+    super::pods::label_key
+);
+parsed_string!(
+    LabelValue,
+    String,
+    "a label value",
+    super::pods::label_value
+);
 
 fn dns_label(s: &str, what: &str) -> Result<String, String> {
     let ok = !s.is_empty()
@@ -169,6 +209,20 @@ fn unit_name(s: &str) -> Result<String, String> {
 /// A uid; `4294967295` is the kernel's "no uid" and cannot be selected.
 pub(crate) struct Uid(pub u32);
 
+impl schemars::JsonSchema for Uid {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Uid".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "integer", "minimum": 0, "maximum": 4_294_967_294_u32})
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Uid {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -197,6 +251,24 @@ impl<'de> serde::Deserialize<'de> for Uid {
 
 /// One `ports` item: `443` or `"8000-8100"`.
 pub(crate) struct PortItem(pub PortRange);
+
+impl schemars::JsonSchema for PortItem {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PortItem".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    /// Kubernetes' int-or-string: a structural schema cannot say "integer or string" otherwise.
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "x-kubernetes-int-or-string": true,
+            "description": "a port (1-65535) or a range \"first-last\""
+        })
+    }
+}
 
 impl<'de> serde::Deserialize<'de> for PortItem {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -251,10 +323,19 @@ pub(crate) fn unsupported<'de, D: Deserializer<'de>>(
     d: D,
     key: &'static str,
 ) -> Result<Option<()>, D::Error> {
-    struct V(&'static str);
+    rejected(d, format!("`{key}` is not supported yet"))
+}
+
+/// A key that does not belong where it is written: rejected with `message`, whatever its
+/// value, at the value's position.
+pub(crate) fn rejected<'de, D: Deserializer<'de>>(
+    d: D,
+    message: String,
+) -> Result<Option<()>, D::Error> {
+    struct V(String);
     impl V {
         fn fail<E: de::Error>(self) -> Result<Option<()>, E> {
-            Err(E::custom(format!("`{}` is not supported yet", self.0)))
+            Err(E::custom(self.0))
         }
     }
     impl<'de> Visitor<'de> for V {
@@ -290,5 +371,5 @@ pub(crate) fn unsupported<'de, D: Deserializer<'de>>(
             self.fail()
         }
     }
-    d.deserialize_any(V(key))
+    d.deserialize_any(V(message))
 }

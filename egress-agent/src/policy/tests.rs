@@ -155,24 +155,222 @@ fn duplicate_rule_names() {
 
 #[test]
 fn unsupported_keys() {
-    assert_error(
-        "  inbound:\n    - from: x\n",
-        7,
-        5,
-        &["`spec.inbound` is not supported yet"],
-    );
     assert_error("  dns: {}\n", 6, 8, &["`spec.dns` is not supported yet"]);
+}
+
+const INGRESS: &str = "  ingress:\n    - name: r\n      action: allow\n";
+
+#[test]
+fn ingress_rule_unknown_field_suggests() {
     assert_error(
-        "  ingress: []\n",
+        &format!("{INGRESS}      from: [{{entity: any}}]\n      port: [22]\n"),
+        10,
+        7,
+        &[
+            "spec.ingress[0]: unknown field `port`",
+            "did you mean `ports`?",
+        ],
+    );
+}
+
+#[test]
+fn ingress_rule_with_to_says_use_from() {
+    assert_error(
+        &format!("{INGRESS}      to: [{{entity: any}}]\n"),
+        9,
+        11,
+        &[
+            "ingress rules match sources",
+            "use `from:` instead of `to:`",
+        ],
+    );
+    assert_error(
+        "  egress:\n    - name: r\n      action: deny\n      from: [{entity: any}]\n",
+        9,
+        13,
+        &["use `to:` instead of `from:`"],
+    );
+}
+
+#[test]
+fn host_cannot_select_inbound_sources() {
+    assert_error(
+        &format!("{INGRESS}      from:\n        - host: a.example.com\n"),
+        10,
+        17,
+        &["host names cannot select inbound sources"],
+    );
+}
+
+#[test]
+fn ingress_ports_with_icmp() {
+    assert_error(
+        &format!(
+            "{INGRESS}      from: [{{entity: any}}]\n      protocol: icmp\n      ports: [22]\n"
+        ),
+        7,
+        7,
+        &["ports only apply to tcp, udp or any", "icmp"],
+    );
+}
+
+#[test]
+fn ingress_entries_are_checked_like_egress_ones() {
+    assert_error(
+        &format!("{INGRESS}      from: [{{cidr: 192.0.2.1/24}}]\n"),
+        9,
+        21,
+        &["has host bits set; did you mean 192.0.2.0/24?"],
+    );
+    assert_error(
+        &format!("{INGRESS}      from: [{{entity: any, except: [10.0.0.0/8]}}]\n"),
+        9,
+        14,
+        &["`except` only applies to `cidr` entries"],
+    );
+    assert_error(
+        &format!("{INGRESS}      from: []\n"),
+        9,
+        13,
+        &["empty list"],
+    );
+    assert_error(
+        "  inbound: block\n",
         6,
         12,
-        &["`spec.ingress` is not supported yet"],
+        &["unknown variant `block`", "expected `allow` or `deny`"],
+    );
+}
+
+#[test]
+fn rule_names_are_unique_across_directions() {
+    let spec = "  egress:\n    - name: r\n      action: deny\n      to: [{entity: any}]\n  ingress:\n    - name: r\n      action: allow\n      from: [{entity: any}]\n";
+    assert_error(
+        spec,
+        11,
+        13,
+        &["duplicate rule name `r`", "first at line 7, column 13"],
     );
     assert_error(
-        "  selector:\n    pods: [a]\n",
+        "  ingress:\n    - name: inbound-default\n      action: allow\n      from: [{entity: any}]\n",
         7,
-        11,
-        &["`selector.pods` is not supported yet"],
+        13,
+        &["`inbound-default` is reserved"],
+    );
+}
+
+#[test]
+fn inbound_parses_into_the_model() {
+    let text = format!(
+        "{HEAD}  inbound: deny\n  egress:\n    - name: out\n      action: deny\n      to: [{{cidr: 203.0.113.0/24}}]\n  ingress:\n    - name: ssh\n      action: allow\n      from: [{{cidr: 192.0.2.0/24, except: [192.0.2.128/25]}}, {{entity: private}}]\n      protocol: tcp\n      ports: [22, 22]\n"
+    );
+    let set = parse_str(Path::new("f.yaml"), &text).expect("valid inbound policy");
+    let p = &set.policies[0];
+    assert_eq!(p.inbound, super::Action::Deny);
+    assert!(p.restricts_inbound());
+    assert_eq!(p.ingress.len(), 1);
+    let ssh = &p.ingress[0];
+    assert_eq!(ssh.to.len(), 2, "the sources");
+    assert_eq!(
+        ssh.ports,
+        Some(vec![super::PortRange {
+            first: 22,
+            last: 22
+        }])
+    );
+    // Egress rules, ingress rules, default, inbound default.
+    assert_eq!(
+        (p.rules[0].id, ssh.id, p.default_id, p.inbound_default_id),
+        (1, 2, 3, 4)
+    );
+    let table: Vec<String> = set.rule_table().iter().map(|r| r.rule.clone()).collect();
+    assert_eq!(table, ["out", "ssh", "default", "inbound-default"]);
+    assert_eq!((set.rule_count(), set.ingress_rule_count()), (2, 1));
+    let plain = parse_str(Path::new("f.yaml"), &format!("{HEAD}  inbound: allow\n"))
+        .expect("inbound: allow alone is valid");
+    assert!(!plain.policies[0].restricts_inbound());
+    assert_eq!(plain.policies[0].inbound_default_id, 0, "no inbound id");
+}
+
+#[test]
+fn shadowed_ingress_rules_warn_at_their_names() {
+    let text = format!(
+        "{HEAD}  ingress:\n    - name: mgmt\n      action: allow\n      from: [{{cidr: 192.0.2.0/24}}]\n    - name: mgmt-ssh\n      action: allow\n      from: [{{cidr: 192.0.2.0/25}}]\n      protocol: tcp\n      ports: [22]\n"
+    );
+    let set = parse_str(Path::new("f.yaml"), &text).expect("valid test input");
+    let rendered: Vec<String> = set.warnings.iter().map(|w| w.render("warning")).collect();
+    assert_eq!(rendered.len(), 1, "{rendered:?}");
+    assert!(
+        rendered[0].starts_with(
+            "f.yaml:10:13: warning: rule `mgmt-ssh` is shadowed by earlier rule `mgmt`"
+        ),
+        "{rendered:?}"
+    );
+}
+
+#[test]
+fn pod_selector_parses_into_the_model() {
+    let text = format!(
+        "{HEAD}  selector:\n    pods:\n      namespaces: [ml, batch, ml]\n      matchLabels: {{app: trainer, app.kubernetes.io/part-of: ''}}\n      matchExpressions:\n        - {{key: env, operator: NotIn, values: [dev, ci]}}\n        - {{key: canary, operator: DoesNotExist}}\n"
+    );
+    let set = parse_str(Path::new("f.yaml"), &text).expect("valid pod selector");
+    let pods = set.policies[0].selector.pods.clone().expect("pods kept");
+    assert_eq!(pods.namespaces, ["batch", "ml"], "sorted, deduplicated");
+    assert_eq!(pods.match_labels.len(), 2);
+    assert_eq!(pods.match_labels["app.kubernetes.io/part-of"], "");
+    assert_eq!(pods.match_expressions.len(), 2);
+    assert_eq!(pods.match_expressions[0].values, ["ci", "dev"]);
+    assert_eq!(
+        pods.match_expressions[1].operator,
+        super::LabelOperator::DoesNotExist
+    );
+    assert!(set.policies[0].selector.selects_cgroups());
+    let empty = parse_str(
+        Path::new("f.yaml"),
+        &format!("{HEAD}  selector: {{pods: {{}}}}\n"),
+    )
+    .expect("an empty pod selector selects every pod");
+    assert_eq!(empty.policies[0].selector.pods, Some(Default::default()));
+}
+
+#[test]
+fn pod_selector_errors() {
+    let pods = "  selector:\n    pods:\n";
+    assert_error(
+        &format!("{pods}      matchLabels: {{Bad Key: x}}\n"),
+        8,
+        21,
+        &["invalid label key `Bad Key`"],
+    );
+    assert_error(
+        &format!("{pods}      matchExpressions: [{{key: a, operator: In}}]\n"),
+        8,
+        26,
+        &["`a`: In needs at least one value"],
+    );
+    assert_error(
+        &format!("{pods}      matchExpressions: [{{key: a, operator: Exists, values: [x]}}]\n"),
+        8,
+        26,
+        &["Exists takes no values"],
+    );
+    assert_error(
+        &format!("{pods}      matchExpressions: [{{key: a, operator: Equals, values: [x]}}]\n"),
+        8,
+        45,
+        &["unknown variant `Equals`"],
+    );
+    assert_error(
+        &format!("{pods}      namespaces: []\n"),
+        8,
+        19,
+        &["empty list"],
+    );
+    assert_error(
+        &format!("{pods}      podLabels: {{}}\n"),
+        8,
+        7,
+        &["unknown field `podLabels`"],
     );
 }
 
@@ -278,4 +476,18 @@ fn allowlist_without_dns_warns_at_the_policy_name() {
             .starts_with("f.yaml:4:9: warning: policy `p` denies by default but allows no DNS"),
         "{rendered:?}"
     );
+}
+
+#[test]
+fn a_syntax_error_is_reported_once_and_loading_ends() {
+    // serde_yaml repeats a syntax error forever; the loader must stop at the first repeat.
+    for text in ["a: [b", "spec:\n  egress: [{to: [{cidr: ::/0}]}]\n"] {
+        let found = errors(text);
+        let syntax: Vec<_> = found
+            .iter()
+            .filter(|d| d.message.contains("did not find expected"))
+            .collect();
+        assert_eq!(syntax.len(), 1, "{found:?}");
+        assert!(syntax[0].location.is_some(), "{found:?}");
+    }
 }
