@@ -121,7 +121,9 @@ pub fn enrich(
         generation,
         protocol: protocol_name(protocol),
         src_ip: address(ip_version, src),
-        src_port: has_ports.then_some(src_port),
+        // A connect() refused before the kernel chose a source has no source port (and an
+        // unspecified source address).
+        src_port: (has_ports && src_port != 0).then_some(src_port),
         dst_ip: address(ip_version, dst),
         dst_port: has_ports.then_some(dst_port),
         cgroup,
@@ -130,5 +132,87 @@ pub fn enrich(
         pid: (pid != 0).then_some(pid),
         comm: (comm_len > 0).then(|| String::from_utf8_lossy(&comm[..comm_len]).into_owned()),
         dropped_packets: (dropped_packets > 0).then_some(dropped_packets),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use egress_common::verdict;
+
+    use super::*;
+    use crate::cgroup::Hierarchy;
+
+    fn event() -> ConnectionEvent {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        ConnectionEvent {
+            boot_ns: 0,
+            generation: 3,
+            cgroup_id: 123_456_789,
+            socket_cookie: 1,
+            rule: 7,
+            audit_rule: NO_RULE,
+            uid: 1000,
+            pid: 42,
+            src: [0; 16],
+            dst: [203, 0, 113, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            src_port: 0,
+            dst_port: 443,
+            ip_version: 4,
+            protocol: 6,
+            verdict: verdict::DENY,
+            audit_verdict: verdict::NONE,
+            direction: Direction::Egress as u8,
+            icmp_type: 0,
+            _pad: [0; 2],
+            dropped_packets: 2,
+            comm,
+        }
+    }
+
+    #[test]
+    fn enriches_names_process_and_omits_what_is_unknown() {
+        // A directory tree stands in for the cgroup2 mount: ids are inode numbers.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cgroup.procs"), "").expect("procs");
+        let unit = dir.path().join("system.slice/app.service");
+        std::fs::create_dir_all(&unit).expect("mkdir");
+        let cgroup_id =
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&unit).expect("stat"));
+        let mut cgroups = PathCache::new(Hierarchy::new(dir.path().to_owned()).expect("dir"));
+        let mut rules = RuleNames::default();
+        rules.insert(3, [(7, ("p".to_owned(), "r".to_owned()))].into());
+        let record = enrich(
+            &ConnectionEvent {
+                cgroup_id,
+                ..event()
+            },
+            &BootClock::new(),
+            &rules,
+            &mut cgroups,
+        );
+        let json = serde_json::to_value(&record).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "seq": 0, "time": json["time"], "kind": "connection", "direction": "egress",
+                "verdict": "deny", "policy": "p", "rule": "r", "generation": 3,
+                "protocol": "tcp", "src_ip": "0.0.0.0", "dst_ip": "203.0.113.10",
+                "dst_port": 443, "cgroup": "/system.slice/app.service", "unit": "app.service",
+                "uid": 1000, "pid": 42,
+                "comm": "curl", "dropped_packets": 2
+            })
+        );
+        // Another generation's rule ids name nothing; an unknown cgroup is named by its id.
+        let other = ConnectionEvent {
+            generation: 4,
+            ..event()
+        };
+        let record = enrich(&other, &BootClock::new(), &rules, &mut cgroups);
+        assert_eq!((record.policy, record.rule), (None, None));
+        assert_eq!(
+            (record.cgroup.as_str(), record.unit),
+            ("id:123456789", None)
+        );
     }
 }

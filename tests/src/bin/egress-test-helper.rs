@@ -6,6 +6,7 @@
 //!   then one line `tcp|udp LOCAL PEER` per accepted connection or received datagram.
 //! - `info`: prints `cgroup=`, `uid=` and `netns=` lines.
 //! - `sleep SECS`.
+//! - `icmp`, `connect-and-exit`, `udp-flood`: see `egress_tests::traffic::run`.
 //!
 //! Exit code 2 means a usage or setup error.
 
@@ -39,7 +40,9 @@ fn main() -> ExitCode {
                 thread::sleep(Duration::from_secs(s));
                 true
             }),
-        _ => Err(format!("usage: see the helper's doc comment; got {args:?}")),
+        // The audit tests' traffic (`icmp`, `connect-and-exit`, `udp-flood`).
+        other => egress_tests::traffic::run(other)
+            .unwrap_or_else(|| Err(format!("usage: see the helper's doc comment; got {args:?}"))),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
