@@ -1,8 +1,12 @@
 //! `egress agent`: load the program, enforce the policy, stream decisions to the audit log.
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -10,47 +14,152 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
+use tokio::sync::{mpsc, oneshot};
+
 use crate::{
-    audit::{AuditLog, BootClock, RuleNames, decode_event, enrich, record::LossRecord},
+    audit::{AuditLog, BootClock, Rotation, RuleNames, decode_event, enrich},
     cgroup::{Hierarchy, PathCache, find_cgroup2_root},
-    datapath::{Counters, Datapath},
-    enforcer::Enforcer,
+    control::{
+        self,
+        handler::{AgentState, Call},
+    },
+    datapath::{
+        Counters, Datapath, EBPF_OBJECT,
+        pins::{PinDir, object_version},
+    },
+    enforcer::{Enforcer, record_rejection},
+    metrics,
+    source::PolicySource,
+    watch::{self, PolicyWatcher},
 };
+
+/// What a graceful stop does to enforcement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Leave the pinned programs attached and the last policy in force.
+    Keep,
+    /// Detach the programs and remove their pins: enforcement stops.
+    Detach,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Policy files or directories of *.yaml / *.yml files.
-    #[arg(long = "policy", required = true, num_args = 1..)]
+    /// Policy files or directories of *.yaml / *.yml files (default: the embedded default
+    /// policy, which drops nothing and records every outbound connection).
+    #[arg(long = "policy", num_args = 1..)]
     pub policy: Vec<PathBuf>,
+    /// bpffs directory for the pinned programs and maps that keep enforcement in place
+    /// while the agent is down.
+    #[arg(long, default_value = "/sys/fs/bpf/egress")]
+    pub bpffs: PathBuf,
+    /// What a graceful stop (SIGINT, SIGTERM) does to enforcement.
+    #[arg(long, value_enum, default_value_t = OnExit::Keep)]
+    pub on_exit: OnExit,
+    /// Override the program version the pins are kept under (default: a digest of the
+    /// embedded kernel object). Used to exercise the upgrade path.
+    #[arg(long, hide = true)]
+    pub program_version: Option<String>,
     /// The cgroup2 mount to attach at (default: found in /proc/self/mountinfo).
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
     /// Audit log file (JSON Lines), or `-` for stdout.
     #[arg(long, default_value = "/var/log/egress/audit.jsonl")]
     pub audit_log: PathBuf,
+    /// Rotate the audit log before it grows past this many bytes (0: never).
+    #[arg(long, default_value_t = 100 << 20)]
+    pub audit_log_max_bytes: u64,
+    /// Rotated audit log files kept (`audit.jsonl.1` ... `audit.jsonl.N`).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    pub audit_log_keep: u16,
+    /// Configuration file holding these flags by their long names; flags given here win
+    /// (default: /etc/egress/agent.yaml, if it exists).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Unix socket of `egress status`, `rules`, `apply` and `explain` (mode 0600, root).
+    #[arg(long, value_name = "PATH", default_value = control::DEFAULT_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Group (name or gid) that may read over the control socket (mode 0660); changing
+    /// policy always requires root.
+    #[arg(long, value_name = "GROUP")]
+    pub control_group: Option<String>,
+    /// Serve Prometheus metrics at /metrics, and /healthz and /readyz, on this address
+    /// (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// How often the audit log is flushed: a crash loses at most this window.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often units named by selectors are looked up again in the cgroup tree.
 const UNIT_RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+/// Bound on reading the events left in the ring buffer at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A burst of file changes (an editor's write and rename, a ConfigMap swap) reloads once,
+/// this long after the last of them.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Control and metrics requests waiting for the run loop.
+const CALL_QUEUE: usize = 64;
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let AgentArgs {
         policy,
+        bpffs,
+        on_exit,
+        program_version,
         cgroup_root,
         audit_log,
+        audit_log_max_bytes,
+        audit_log_keep,
+        config: _,
+        control_socket,
+        control_group,
+        metrics,
     } = args;
+    // Both endpoints are bound before the kernel is touched, so that a second agent on the
+    // same socket or port fails without disturbing the first. Requests wait in the queue
+    // until enforcement is in place.
+    let (calls_tx, mut calls) = mpsc::channel(CALL_QUEUE);
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics_task = match metrics {
+        Some(addr) => {
+            let listener = metrics::http::bind(addr).await?;
+            tracing::info!(%addr, "serving metrics");
+            Some(tokio::spawn(metrics::http::serve(
+                listener,
+                calls_tx.clone(),
+                Arc::clone(&ready),
+            )))
+        }
+        None => None,
+    };
+    let control = control::server::bind(&control_socket, control_group.as_deref())?;
+    let control_task = tokio::spawn(control::server::serve(control, calls_tx));
     let root = match cgroup_root {
         Some(root) => root,
         None => find_cgroup2_root()?,
     };
     let hierarchy = Hierarchy::new(root.clone())?;
-    let audit = Arc::new(Mutex::new(AuditLog::open(&audit_log)?));
+    let rotation = Rotation {
+        max_bytes: audit_log_max_bytes,
+        keep: usize::from(audit_log_keep),
+    };
+    let audit = Arc::new(Mutex::new(AuditLog::open(&audit_log, rotation)?));
     let rule_names = Arc::new(Mutex::new(RuleNames::default()));
 
-    // Everything that can reject the configuration happens before the kernel is touched.
-    let mut datapath = Datapath::load()?;
+    // The policy is validated before the kernel is touched: a rejected policy leaves
+    // whatever enforcement is in place (pinned by an earlier agent) exactly as it is.
+    let source = PolicySource::from_paths(policy);
+    let policies = match source.load() {
+        Ok(policies) => policies,
+        Err(err) => {
+            record_rejection(&audit, 0, &source, &source.digest(), &err.to_string());
+            flush_audit(&audit);
+            return Err(anyhow::Error::new(err)
+                .context("the policy was rejected; enforcement in place, if any, is unchanged"));
+        }
+    };
+    let version = program_version.unwrap_or_else(|| object_version(EBPF_OBJECT));
+    let mut datapath = Datapath::load_pinned(PinDir::create(&bpffs, &version)?)?;
     let mut enforcer = Enforcer::new(
         hierarchy.clone(),
         datapath.generation_writer()?,
@@ -58,35 +167,103 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Arc::clone(&rule_names),
     );
     let applied = enforcer
-        .load(&policy)
-        .context("the policy was rejected; nothing was attached")?;
+        .apply_loaded(&source, Ok(policies))
+        .context("the policy could not be applied; enforcement in place, if any, is unchanged")?;
     let events = datapath.take_events()?;
     let counters = datapath.take_counters()?;
-    // The maps hold the policy before the program sees its first packet.
-    datapath.attach(root.clone())?;
+    let rule_hits = datapath.take_rule_hits()?;
+    // The maps hold the policy before the programs see their first packet.
+    let attachment = datapath.attach(root.clone())?;
     tracing::info!(
         generation = applied.generation,
         cgroup_root = %root.display(),
+        version = %version,
+        ?attachment,
         "enforcing policy"
     );
-
-    let reader = tokio::spawn(read_events(
-        events,
-        Arc::clone(&audit),
-        rule_names,
-        PathCache::new(hierarchy),
-    ));
+    // Handlers are in place before anyone is told we are ready: a `systemctl reload` right
+    // after the start must reload, not kill the agent with SIGHUP's default action.
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    ready.store(true, Ordering::Release);
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("enforcing generation {}", applied.generation)),
+    ]);
+    let events_written = Arc::new(AtomicU64::new(0));
+    let mut state = AgentState {
+        started: std::time::Instant::now(),
+        program_version: version,
+        bpffs,
+        cgroup_root: root,
+        attachment,
+        counters,
+        rule_hits,
+        events_written: Arc::clone(&events_written),
+        reloads: control::protocol::ReloadStats::default(),
+        clock: BootClock::new(),
+    };
+    let mut source = source;
+    let mut watcher = watch_policy(&source);
+    let mut reload_at: Option<tokio::time::Instant> = None;
+
+    let (stop_reader, stop) = oneshot::channel();
+    let reader = tokio::spawn(read_events(
+        events,
+        EventWriter {
+            clock: BootClock::new(),
+            audit: Arc::clone(&audit),
+            rule_names,
+            cgroups: PathCache::new(hierarchy),
+            written: events_written,
+        },
+        stop,
+    ));
     let mut flush = tokio::time::interval(FLUSH_INTERVAL);
     let mut rescan = tokio::time::interval(UNIT_RESCAN_INTERVAL);
-    let mut lost_reported = 0;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                // A rejected reload is recorded by the enforcer and leaves the running
+                // generation in force.
+                tokio::task::block_in_place(|| state.reload(&mut enforcer, &source, "SIGHUP"));
+                notify_generation(&enforcer);
+            }
+            changed = watch::next_change(&mut watcher) => match changed {
+                Ok(()) => reload_at = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE),
+                Err(err) => {
+                    tracing::error!(%err, "watching the policy files failed; reload with SIGHUP");
+                    watcher = None;
+                }
+            },
+            () = sleep_until(reload_at), if reload_at.is_some() => {
+                reload_at = None;
+                // Events that change no byte of the policy (a touch, a save without
+                // changes) make no new generation.
+                if enforcer.active_digest() != Some(source.digest().as_str()) {
+                    tokio::task::block_in_place(|| {
+                        state.reload(&mut enforcer, &source, "a policy file change");
+                    });
+                    notify_generation(&enforcer);
+                }
+            }
+            Some(call) = calls.recv() => {
+                tokio::task::block_in_place(|| answer(call, &mut state, &mut enforcer));
+                // `egress apply` of other files makes them the source that SIGHUP and
+                // file changes reload from.
+                if let Some(active) = enforcer.active_source()
+                    && *active != source
+                {
+                    source = active.clone();
+                    watcher = watch_policy(&source);
+                }
+                notify_generation(&enforcer);
+            }
             _ = flush.tick() => {
-                lost_reported = report_losses(&counters, &audit, lost_reported);
+                report_losses(&state.counters, &audit);
                 flush_audit(&audit);
             }
             _ = rescan.tick() => {
@@ -96,13 +273,89 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("stopping: detaching the egress program");
-    reader.abort();
-    let _ = reader.await;
-    datapath.detach()?;
-    report_losses(&counters, &audit, lost_reported);
-    flush_audit(&audit);
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    ready.store(false, Ordering::Release);
+    // Clients are turned away from here on; the socket file is removed.
+    control_task.abort();
+    let _ = control_task.await;
+    if let Some(task) = metrics_task {
+        task.abort();
+        let _ = task.await;
+    }
+    // Detached (or kept) first; the reader then drains what is in the ring buffer. With
+    // `keep`, events that arrive later wait in the pinned ring buffer for the next agent.
+    match on_exit {
+        OnExit::Keep => {
+            tracing::info!("stopping: the programs stay attached with the last policy in force");
+            datapath.keep_attached();
+        }
+        OnExit::Detach => {
+            tracing::info!("stopping: detaching the programs");
+            datapath.detach();
+        }
+    }
+    let _ = stop_reader.send(());
+    match tokio::time::timeout(DRAIN_TIMEOUT, reader).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(err))) => tracing::error!(%err, "reading events failed"),
+        Ok(Err(err)) => tracing::error!(%err, "the event reader ended abnormally"),
+        Err(_) => tracing::error!("the events left at shutdown were not all read in time"),
+    }
+    report_losses(&state.counters, &audit);
+    match audit.lock() {
+        Ok(mut log) => {
+            if let Err(err) = log.close() {
+                tracing::error!(%err, "closing the audit log failed");
+            }
+        }
+        Err(_) => tracing::error!("the audit log is poisoned; it was not closed cleanly"),
+    }
     Ok(())
+}
+
+/// Answers a control or metrics request from the run loop.
+fn answer(call: Call, state: &mut AgentState, enforcer: &mut Enforcer) {
+    match call {
+        Call::Control { method, uid, reply } => {
+            let _ = reply.send(state.handle(enforcer, method, uid));
+        }
+        Call::Metrics { reply } => {
+            let rules = state
+                .rules(enforcer, None)
+                .unwrap_or_else(|_| control::protocol::Rules {
+                    generation: enforcer.generation(),
+                    rules: Vec::new(),
+                });
+            let _ = reply.send(metrics::render(&state.status(enforcer), &rules));
+        }
+    }
+}
+
+/// Watches the files of `source`; without a watcher, SIGHUP and `egress apply` still reload.
+fn watch_policy(source: &PolicySource) -> Option<PolicyWatcher> {
+    PolicyWatcher::new(source).unwrap_or_else(|err| {
+        tracing::error!(%err, "policy files are not watched; reload with SIGHUP");
+        None
+    })
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells systemd (Type=notify) about the service; a no-op outside systemd.
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(states) {
+        tracing::warn!(%err, "notifying systemd failed");
+    }
+}
+
+fn notify_generation(enforcer: &Enforcer) {
+    let status = format!("enforcing generation {}", enforcer.generation());
+    notify_systemd(&[sd_notify::NotifyState::Status(&status)]);
 }
 
 fn flush_audit(audit: &Mutex<AuditLog>) {
@@ -115,45 +368,32 @@ fn flush_audit(audit: &Mutex<AuditLog>) {
     }
 }
 
-/// Writes a `loss` record when the kernel could not reserve events since the last report,
-/// so that every gap in the stream is visible. Returns the total lost so far.
-fn report_losses(counters: &Counters, audit: &Mutex<AuditLog>, reported: u64) -> u64 {
+/// Writes a `loss` record when the kernel could not reserve events since the last report
+/// (of this agent or, with pinned maps, an earlier one), so that every gap is visible.
+fn report_losses(counters: &Counters, audit: &Mutex<AuditLog>) {
     let Ok(values) = counters.read() else {
-        return reported;
-    };
-    if values.events_lost <= reported {
-        return reported;
-    }
-    let record = LossRecord {
-        seq: 0,
-        time: crate::audit::clock::rfc3339(std::time::SystemTime::now()),
-        kind: "loss",
-        lost: values.events_lost - reported,
-        reason: "ring buffer full".into(),
+        return;
     };
     if let Ok(mut log) = audit.lock()
-        && let Err(err) = log.loss(record)
+        && let Err(err) = log.kernel_losses(values.events_lost)
     {
         tracing::error!(%err, "writing a loss record failed");
     }
-    values.events_lost
 }
 
-async fn read_events(
-    events: RingBuf<MapData>,
+/// Turns ring buffer items into connection records.
+struct EventWriter {
+    clock: BootClock,
     audit: Arc<Mutex<AuditLog>>,
     rule_names: Arc<Mutex<RuleNames>>,
-    mut cgroups: PathCache,
-) -> anyhow::Result<()> {
-    let clock = BootClock::new();
-    // SAFETY: the AsyncFd owns the ring buffer, whose map fd stays open and unchanged until
-    // the AsyncFd is dropped.
-    let mut events =
-        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-            .map_err(|err| anyhow::anyhow!("registering the event ring buffer: {err}"))?;
-    loop {
-        let mut guard = events.readable_mut().await?;
-        let ring = guard.get_inner_mut();
+    cgroups: PathCache,
+    /// Connection records written, for `egress status` and the metrics.
+    written: Arc<AtomicU64>,
+}
+
+impl EventWriter {
+    /// Writes every event in the ring buffer now.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         while let Some(item) = ring.next() {
             let Some(event) = decode_event(&item) else {
                 tracing::error!(
@@ -163,16 +403,42 @@ async fn read_events(
                 continue;
             };
             let record = {
-                let names = rule_names
+                let names = self
+                    .rule_names
                     .lock()
                     .map_err(|_| anyhow::anyhow!("rule names poisoned"))?;
-                enrich(&event, &clock, &names, &mut cgroups)
+                enrich(&event, &self.clock, &names, &mut self.cgroups)
             };
-            audit
+            self.audit
                 .lock()
                 .map_err(|_| anyhow::anyhow!("audit log poisoned"))?
                 .connection(record)?;
+            self.written.fetch_add(1, Ordering::Relaxed);
         }
-        guard.clear_ready();
+        Ok(())
+    }
+}
+
+/// Writes events as they arrive; when `stop` fires (the program is detached), writes those
+/// left in the ring buffer and returns.
+async fn read_events(
+    events: RingBuf<MapData>,
+    mut writer: EventWriter,
+    mut stop: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    // SAFETY: the AsyncFd owns the ring buffer, whose map fd stays open and unchanged until
+    // the AsyncFd is dropped.
+    let mut events =
+        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+            .map_err(|err| anyhow::anyhow!("registering the event ring buffer: {err}"))?;
+    loop {
+        tokio::select! {
+            ready = events.readable_mut() => {
+                let mut guard = ready?;
+                writer.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = &mut stop => return writer.drain(events.get_mut()),
+        }
     }
 }

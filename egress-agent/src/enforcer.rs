@@ -3,18 +3,17 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
     sync::{Arc, Mutex},
 };
-
-use sha2::{Digest as _, Sha256};
 
 use crate::{
     audit::{AuditLog, RuleNames, clock::rfc3339, record::PolicyRecord},
     cgroup::Hierarchy,
     compile::{self, CgroupResolution, Compiled},
+    control::{self, protocol::PolicyDiff},
     datapath::{Applied, GenerationWriter},
     policy::{self, PolicySet},
+    source::PolicySource,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +36,21 @@ pub struct Enforcer {
 
 /// What the active generation was built from.
 struct Active {
-    sources: Vec<PathBuf>,
+    source: PolicySource,
     digest: String,
     policies: PolicySet,
     resolution: CgroupResolution,
+    entries: MapEntries,
+}
+
+/// Entries the active generation wrote to each policy map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapEntries {
+    pub cgroups: usize,
+    pub scopes: usize,
+    pub addr4: usize,
+    pub addr6: usize,
+    pub ports: usize,
 }
 
 impl Enforcer {
@@ -59,32 +69,104 @@ impl Enforcer {
         }
     }
 
-    /// Loads `sources` and makes them the active generation.
-    pub fn load(&mut self, sources: &[PathBuf]) -> Result<Applied, EnforceError> {
-        let digest = digest_sources(sources);
-        let result = policy::load(sources)
-            .map_err(EnforceError::from)
-            .and_then(|policies| {
-                for warning in &policies.warnings {
-                    tracing::warn!("{}", warning.render("warning"));
-                }
-                let resolution = self.resolve(&policies);
-                let applied = self.switch(&policies, &resolution)?;
-                Ok((applied, policies, resolution))
-            });
+    /// Loads `source` and makes it the active generation.
+    pub fn load(&mut self, source: &PolicySource) -> Result<Applied, EnforceError> {
+        self.apply_loaded(source, source.load())
+    }
+
+    /// [`Self::load`] on behalf of the client with uid `by`, which the audit record names.
+    pub fn load_by(&mut self, source: &PolicySource, by: u32) -> Result<Applied, EnforceError> {
+        self.apply_loaded_by(source, source.load(), Some(by))
+    }
+
+    /// Makes the policy loaded from `source` the active generation, or records why not.
+    pub fn apply_loaded(
+        &mut self,
+        source: &PolicySource,
+        loaded: Result<PolicySet, policy::LoadError>,
+    ) -> Result<Applied, EnforceError> {
+        self.apply_loaded_by(source, loaded, None)
+    }
+
+    /// Validates and compiles `source` in full, as an apply would, and returns what it would
+    /// change; the kernel maps and the audit log are left alone.
+    pub fn dry_run(&self, source: &PolicySource) -> Result<PolicyDiff, EnforceError> {
+        let policies = source.load()?;
+        let resolution = self.resolve(&policies);
+        compile::compile(&policies, &resolution, self.writer.next_parity())?;
+        Ok(control::diff::diff(self.active_policies(), &policies))
+    }
+
+    /// The policy in force, once one was applied.
+    pub fn active_policies(&self) -> Option<&PolicySet> {
+        self.active.as_ref().map(|active| &active.policies)
+    }
+
+    /// Where the policy in force came from.
+    pub fn active_source(&self) -> Option<&PolicySource> {
+        self.active.as_ref().map(|active| &active.source)
+    }
+
+    /// The digest of the policy in force, as its audit record carries it.
+    pub fn active_digest(&self) -> Option<&str> {
+        self.active.as_ref().map(|active| active.digest.as_str())
+    }
+
+    /// Entries the generation in force wrote to each policy map.
+    pub fn map_entries(&self) -> MapEntries {
+        self.active
+            .as_ref()
+            .map(|active| active.entries)
+            .unwrap_or_default()
+    }
+
+    /// The audit log policy records go to.
+    pub fn audit(&self) -> &Mutex<AuditLog> {
+        &self.audit
+    }
+
+    /// The generation in force (0 before the first apply).
+    pub fn generation(&self) -> u64 {
+        self.writer.active().generation
+    }
+
+    /// [`Self::apply_loaded`], naming the client uid `by` (if any) in the audit record.
+    pub fn apply_loaded_by(
+        &mut self,
+        source: &PolicySource,
+        loaded: Result<PolicySet, policy::LoadError>,
+        by: Option<u32>,
+    ) -> Result<Applied, EnforceError> {
+        let digest = source.digest();
+        let result = loaded.map_err(EnforceError::from).and_then(|policies| {
+            for warning in &policies.warnings {
+                tracing::warn!("{}", warning.render("warning"));
+            }
+            let resolution = self.resolve(&policies);
+            let (applied, entries) = self.switch(&policies, &resolution)?;
+            Ok((applied, policies, resolution, entries))
+        });
         match result {
-            Ok((applied, policies, resolution)) => {
-                self.record(&applied, sources, &digest, &policies, None);
+            Ok((applied, policies, resolution, entries)) => {
+                self.record(&applied, source, &digest, &policies, by);
                 self.active = Some(Active {
-                    sources: sources.to_vec(),
+                    source: source.clone(),
                     digest,
                     policies,
                     resolution,
+                    entries,
                 });
                 Ok(applied)
             }
             Err(err) => {
-                self.record_rejection(sources, &digest, &err);
+                record_rejection_by(
+                    &self.audit,
+                    self.writer.active().generation,
+                    source,
+                    &digest,
+                    &err.to_string(),
+                    by,
+                );
                 Err(err)
             }
         }
@@ -101,20 +183,21 @@ impl Enforcer {
             return Ok(None);
         }
         match self.switch(&active.policies, &resolution) {
-            Ok(applied) => {
+            Ok((applied, entries)) => {
                 tracing::info!(
                     generation = applied.generation,
                     "units moved in the cgroup tree; re-applied"
                 );
                 self.record(
                     &applied,
-                    &active.sources,
+                    &active.source,
                     &active.digest,
                     &active.policies,
                     None,
                 );
                 self.active = Some(Active {
                     resolution,
+                    entries,
                     ..active
                 });
                 Ok(Some(applied))
@@ -133,6 +216,8 @@ impl Enforcer {
             .flat_map(|policy| policy.selector.units.iter().map(String::as_str));
         CgroupResolution {
             units: self.hierarchy.find_units(units),
+            // Pods resolve only in Kubernetes mode, which is not wired in yet.
+            ..CgroupResolution::default()
         }
     }
 
@@ -140,7 +225,7 @@ impl Enforcer {
         &mut self,
         policies: &PolicySet,
         resolution: &CgroupResolution,
-    ) -> Result<Applied, EnforceError> {
+    ) -> Result<(Applied, MapEntries), EnforceError> {
         let compiled: Compiled = compile::compile(policies, resolution, self.writer.next_parity())?;
         let applied = self.writer.apply(&compiled, &self.hierarchy)?;
         for path in &applied.missing_cgroups {
@@ -154,13 +239,23 @@ impl Enforcer {
         if let Ok(mut rule_names) = self.rule_names.lock() {
             rule_names.insert(applied.generation, names);
         }
-        Ok(applied)
+        let entries = MapEntries {
+            cgroups: compiled
+                .cgroups
+                .len()
+                .saturating_sub(applied.missing_cgroups.len()),
+            scopes: compiled.scopes.len(),
+            addr4: compiled.addr4.len(),
+            addr6: compiled.addr6.len(),
+            ports: compiled.ports.len(),
+        };
+        Ok((applied, entries))
     }
 
     fn record(
         &self,
         applied: &Applied,
-        sources: &[PathBuf],
+        source: &PolicySource,
         digest: &str,
         policies: &PolicySet,
         by: Option<u32>,
@@ -174,7 +269,7 @@ impl Enforcer {
             action: "applied",
             generation: applied.generation,
             sha256: digest.to_owned(),
-            sources: sources.iter().map(|p| p.display().to_string()).collect(),
+            sources: source.names(),
             policies: policies.policies.len(),
             rules: policies.rule_count(),
             prefixes: policies.prefix_count(),
@@ -187,36 +282,58 @@ impl Enforcer {
         self.write(record);
     }
 
-    fn record_rejection(&self, sources: &[PathBuf], digest: &str, err: &EnforceError) {
-        let record = PolicyRecord {
-            seq: 0,
-            time: rfc3339(std::time::SystemTime::now()),
-            kind: "policy",
-            action: "rejected",
-            generation: self.writer.active().generation,
-            sha256: digest.to_owned(),
-            sources: sources.iter().map(|p| p.display().to_string()).collect(),
-            policies: 0,
-            rules: 0,
-            prefixes: 0,
-            added: Vec::new(),
-            removed: Vec::new(),
-            changed: Vec::new(),
-            error: Some(err.to_string()),
-            by: None,
-        };
-        self.write(record);
-    }
-
     fn write(&self, record: PolicyRecord) {
-        let result = self
-            .audit
-            .lock()
-            .map_err(|_| "poisoned")
-            .map(|mut log| log.policy(record).and_then(|_| log.flush()));
-        if let Ok(Err(err)) = result {
-            tracing::error!(%err, "writing a policy record failed");
-        }
+        write_policy_record(&self.audit, record);
+    }
+}
+
+/// Records that the policy from `source` was rejected and `generation` stays in force.
+pub fn record_rejection(
+    audit: &Mutex<AuditLog>,
+    generation: u64,
+    source: &PolicySource,
+    digest: &str,
+    error: &str,
+) {
+    record_rejection_by(audit, generation, source, digest, error, None);
+}
+
+/// [`record_rejection`], naming the client uid `by` that asked for the change.
+pub fn record_rejection_by(
+    audit: &Mutex<AuditLog>,
+    generation: u64,
+    source: &PolicySource,
+    digest: &str,
+    error: &str,
+    by: Option<u32>,
+) {
+    let record = PolicyRecord {
+        seq: 0,
+        time: rfc3339(std::time::SystemTime::now()),
+        kind: "policy",
+        action: "rejected",
+        generation,
+        sha256: digest.to_owned(),
+        sources: source.names(),
+        policies: 0,
+        rules: 0,
+        prefixes: 0,
+        added: Vec::new(),
+        removed: Vec::new(),
+        changed: Vec::new(),
+        error: Some(error.to_owned()),
+        by,
+    };
+    write_policy_record(audit, record);
+}
+
+fn write_policy_record(audit: &Mutex<AuditLog>, record: PolicyRecord) {
+    let result = audit
+        .lock()
+        .map_err(|_| "poisoned")
+        .map(|mut log| log.policy(record).and_then(|_| log.flush()));
+    if let Ok(Err(err)) = result {
+        tracing::error!(%err, "writing a policy record failed");
     }
 }
 
@@ -246,20 +363,4 @@ fn diff(previous: Option<&PolicySet>, next: &PolicySet) -> (Vec<String>, Vec<Str
         .map(|(name, _)| name.clone())
         .collect();
     (added, removed, changed)
-}
-
-/// SHA-256 over the policy files as read: each file's path and contents, in load order.
-fn digest_sources(sources: &[PathBuf]) -> String {
-    let mut hasher = Sha256::new();
-    for file in policy::source_files(sources).unwrap_or_default() {
-        hasher.update(file.display().to_string().as_bytes());
-        hasher.update([0]);
-        hasher.update(std::fs::read(&file).unwrap_or_default());
-        hasher.update([0]);
-    }
-    hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }

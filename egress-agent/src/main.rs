@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use egress_agent::{agent, cli};
+use egress_agent::{agent, cli, config};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,6 +24,16 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Explain the verdict for one destination from one workload.
     Explain(cli::explain::ExplainArgs),
+    /// Show the audit log: one line per decision, or the JSON records.
+    Events(cli::events::EventsArgs),
+    /// Remove every program and map the agent pinned: enforcement stops.
+    Uninstall(cli::uninstall::UninstallArgs),
+    /// Show what the running agent enforces: version, generation, policies, maps, events.
+    Status(cli::status::StatusArgs),
+    /// List every rule in force with its hit counters.
+    Rules(cli::rules::RulesArgs),
+    /// Make the running agent enforce policy files (root), or show the diff (--dry-run).
+    Apply(cli::apply::ApplyArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,9 +46,15 @@ fn main() -> ExitCode {
         .init();
     let Cli { command } = Cli::parse();
     let result = match command {
-        Command::Agent(args) => run_agent(args),
+        // Parsed again with the configuration file under the flags (see `config`).
+        Command::Agent(_) => run_agent(),
         Command::Check(args) => cli::check::run(&args),
         Command::Explain(args) => cli::explain::run(&args),
+        Command::Events(args) => cli::events::run(&args),
+        Command::Uninstall(args) => cli::uninstall::run(&args),
+        Command::Status(args) => cli::status::run(&args),
+        Command::Rules(args) => cli::rules::run(&args),
+        Command::Apply(args) => cli::apply::run(&args),
     };
     match result {
         Ok(code) => code,
@@ -49,7 +65,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_agent(args: agent::AgentArgs) -> anyhow::Result<ExitCode> {
+fn run_agent() -> anyhow::Result<ExitCode> {
+    // `egress agent FLAGS...`: the subcommand is the first argument (`egress` has no global
+    // flags), so the agent's flags are everything after it.
+    let args = config::agent_args(std::env::args_os().skip(2).collect())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

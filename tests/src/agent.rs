@@ -38,6 +38,34 @@ pub struct AgentGuard {
     child: Option<Child>,
     output: Arc<Mutex<String>>,
     dir: TempDir,
+    bin: PathBuf,
+    /// This agent's own bpffs pin directory, removed (with `egress uninstall`) on drop so
+    /// that nothing it pinned outlives the test, even after a SIGKILL.
+    bpffs: PathBuf,
+}
+
+/// How a test agent runs, beyond its policy.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// The bpffs pin directory (default: a fresh one per agent). Agents that share one adopt
+    /// each other's enforcement; every guard removes it on drop.
+    pub bpffs: Option<PathBuf>,
+    /// `--on-exit keep` instead of `detach`.
+    pub keep_on_exit: bool,
+    /// The audit log (default: one in the guard's temporary directory).
+    pub audit_log: Option<PathBuf>,
+    /// More arguments for `egress agent`.
+    pub extra_args: Vec<String>,
+}
+
+/// A pin directory of its own for each agent (or group of agents) a test starts.
+pub fn fresh_bpffs_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    PathBuf::from(format!(
+        "/sys/fs/bpf/egress-test-{}-{n}",
+        std::process::id()
+    ))
 }
 
 fn collect(pipe: Option<impl std::io::Read + Send + 'static>, output: &Arc<Mutex<String>>) {
@@ -73,7 +101,7 @@ impl AgentGuard {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"));
         let policy = dir.path().join("policy.yaml");
         fs::write(&policy, policy_yaml).unwrap_or_else(|e| panic!("writing the policy: {e}"));
-        Self::start_in(bin, dir, &policy)
+        Self::start_in(bin, dir, &policy, &AgentOptions::default())
     }
 
     /// Starts the agent with an existing policy file.
@@ -83,20 +111,50 @@ impl AgentGuard {
     pub fn start_with_file(policy: &Path) -> Self {
         let bin = egress_bin().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"));
-        Self::start_in(&bin, dir, policy)
+        Self::start_in(&bin, dir, policy, &AgentOptions::default())
     }
 
-    fn start_in(bin: &Path, dir: TempDir, policy: &Path) -> Self {
-        let audit = dir.path().join("audit.jsonl");
+    /// Starts the agent with an existing policy file and `options`.
+    ///
+    /// # Panics
+    /// As [`AgentGuard::start`].
+    pub fn start_with_options(policy: &Path, options: &AgentOptions) -> Self {
+        let bin = egress_bin().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"));
+        Self::start_in(&bin, dir, policy, options)
+    }
+
+    fn start_in(bin: &Path, dir: TempDir, policy: &Path, options: &AgentOptions) -> Self {
+        let AgentOptions {
+            bpffs,
+            keep_on_exit,
+            audit_log,
+            extra_args,
+        } = options;
+        let audit = audit_log
+            .clone()
+            .unwrap_or_else(|| dir.path().join("audit.jsonl"));
+        let bpffs = bpffs.clone().unwrap_or_else(fresh_bpffs_dir);
         let mut cmd = Command::new(bin);
         cmd.arg("agent")
             .arg("--policy")
             .arg(policy)
             .arg("--audit-log")
             .arg(&audit)
+            .arg("--bpffs")
+            .arg(&bpffs)
+            .arg("--on-exit")
+            .arg(if *keep_on_exit { "keep" } else { "detach" })
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // Every agent gets a control socket of its own unless the test names one, so that
+        // test agents never meet each other (or a real agent) on /run/egress/egress.sock.
+        if !extra_args.iter().any(|arg| arg == "--control-socket") {
+            cmd.arg("--control-socket")
+                .arg(dir.path().join("egress.sock"));
+        }
         if env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
@@ -110,6 +168,8 @@ impl AgentGuard {
             child: Some(child),
             output,
             dir,
+            bin: bin.to_owned(),
+            bpffs,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -184,6 +244,25 @@ impl AgentGuard {
     }
 
     /// Stops the agent (SIGTERM, SIGKILL after 5 s) and returns how it exited.
+    /// Kills the agent with SIGKILL, as a crash or the OOM killer would, and reaps it.
+    ///
+    /// # Errors
+    /// When the agent was already stopped or cannot be reaped.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            return Err(FixtureError::Other(
+                "the agent was already stopped".to_owned(),
+            ));
+        };
+        child.kill().ctx(|| "killing the agent".to_owned())?;
+        child.wait().ctx(|| "reaping the agent".to_owned())
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn stop(&mut self) -> Result<ExitStatus> {
         let Some(mut child) = self.child.take() else {
             return Err(FixtureError::Other(
@@ -222,6 +301,17 @@ impl Drop for AgentGuard {
             && let Err(e) = self.stop()
         {
             eprintln!("egress-tests: stopping the agent: {e}");
+        }
+        let mut uninstall = Command::new(&self.bin);
+        uninstall.arg("uninstall").arg("--bpffs").arg(&self.bpffs);
+        match run_bounded(&mut uninstall, "egress uninstall", Duration::from_secs(10)) {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "egress-tests: egress uninstall --bpffs {} failed: {}",
+                self.bpffs.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("egress-tests: egress uninstall: {e}"),
         }
     }
 }

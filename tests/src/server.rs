@@ -72,6 +72,17 @@ impl Servers {
         tcp_ports: &[u16],
         udp_ports: &[u16],
     ) -> Result<Self> {
+        Self::start_placed(&Placement::new(net.path()), addrs, tcp_ports, udp_ports)
+    }
+
+    /// As [`Servers::start`], placed by `placement` (a namespace, and a cgroup or uid), for
+    /// servers that are themselves the governed workload.
+    pub fn start_placed(
+        placement: &Placement,
+        addrs: &[IpAddr],
+        tcp_ports: &[u16],
+        udp_ports: &[u16],
+    ) -> Result<Self> {
         let mut specs = Vec::new();
         for addr in addrs {
             for port in tcp_ports {
@@ -81,7 +92,7 @@ impl Servers {
                 specs.push(format!("udp:{}", SocketAddr::new(*addr, *port)));
             }
         }
-        let mut cmd = Placement::new(net.path()).command(helper_bin()?)?;
+        let mut cmd = placement.command(helper_bin()?)?;
         cmd.arg("serve")
             .args(&specs)
             .stdin(Stdio::null())
