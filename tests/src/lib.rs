@@ -11,9 +11,11 @@ pub mod cgroup;
 pub mod client;
 pub mod error;
 pub mod net;
+pub mod policygen;
 pub mod process;
 pub mod serial;
 pub mod server;
+pub mod traffic;
 
 pub use agent::{AgentGuard, root_egress_programs};
 pub use cgroup::{CgroupGuard, cgroup2_root};
