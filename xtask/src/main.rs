@@ -1,5 +1,6 @@
 //! `cargo xtask`: developer and CI tasks for the egress workspace.
 
+mod bench;
 mod setup;
 mod test;
 mod util;
@@ -26,6 +27,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Set up, then measure kernel cost, throughput, connection rate, apply time and memory
+    /// in test namespaces, and write docs/benchmarks.md (needs root).
+    Bench(bench::BenchArgs),
     /// Set up, then run the agent in release mode with the default policy.
     Run {
         /// Extra arguments passed to `egress agent`.
@@ -39,6 +43,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Setup => setup::run(),
         Command::Test { args } => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Run { args } => run_agent(&args),
     }
 }
@@ -56,9 +61,8 @@ fn run_agent(args: &[OsString]) -> Result<()> {
         "--bin",
         "egress",
         "--",
+        // No --policy: the agent runs on its embedded copy of policies/default.yaml.
         "agent",
-        "--policy",
-        "policies/default.yaml",
     ]);
     cmd.args(args);
     util::run(&mut cmd)

@@ -9,6 +9,9 @@ use crate::{setup, util};
 /// Prefixes of the network namespaces and cgroups the integration test fixtures create.
 const NETNS_PREFIX: &str = "egr-";
 const CGROUP_PREFIX: &str = "egress-test-";
+/// Prefix of the bpffs pin directories of test agents, under [`BPFFS`].
+const PIN_PREFIX: &str = "egress-test-";
+const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn run(extra: &[OsString]) -> Result<()> {
     setup::run()?;
@@ -84,7 +87,7 @@ pub fn run(extra: &[OsString]) -> Result<()> {
     result?;
     if !left.is_empty() {
         bail!(
-            "the integration tests leaked {} namespaces or cgroups",
+            "the integration tests leaked {} namespaces, cgroups or pins",
             left.len()
         );
     }
@@ -114,6 +117,8 @@ fn cgroup2_root() -> Result<std::path::PathBuf> {
 enum Leftover {
     Netns(String),
     Cgroup(String),
+    /// A pin directory: its links keep programs attached at the cgroup root.
+    Pins(String),
 }
 
 impl std::fmt::Display for Leftover {
@@ -121,6 +126,7 @@ impl std::fmt::Display for Leftover {
         match self {
             Self::Netns(n) => write!(f, "network namespace {n}"),
             Self::Cgroup(c) => write!(f, "cgroup {c}"),
+            Self::Pins(p) => write!(f, "bpffs pins {BPFFS}/{p}"),
         }
     }
 }
@@ -141,6 +147,15 @@ fn leftovers(cgroup_root: &Path) -> Result<Vec<Leftover>> {
             found.push(Leftover::Cgroup(name));
         }
     }
+    // bpffs may not be mounted yet on a fresh machine: then nothing can be pinned there.
+    if let Ok(entries) = fs::read_dir(BPFFS) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(PIN_PREFIX) {
+                found.push(Leftover::Pins(name));
+            }
+        }
+    }
     Ok(found)
 }
 
@@ -149,6 +164,9 @@ fn remove(item: &Leftover, cgroup_root: &Path) {
     let result = match item {
         Leftover::Netns(name) => util::run(Command::new("ip").args(["netns", "del", name])),
         Leftover::Cgroup(name) => remove_cgroup(&cgroup_root.join(name)),
+        // Unlinking a link pin detaches its program once nothing else holds it.
+        Leftover::Pins(name) => fs::remove_dir_all(Path::new(BPFFS).join(name))
+            .with_context(|| format!("removing {BPFFS}/{name}")),
     };
     if let Err(e) = result {
         println!("could not remove {item}: {e:#}");

@@ -1,0 +1,66 @@
+//! `cargo xtask bench`: kernel cost per packet, throughput, connection rate, policy apply
+//! time and memory, event rate and agent memory, measured on this machine in test namespaces
+//! and a test cgroup, each configuration paired with its baseline round by round. The
+//! results go to docs/benchmarks.md (see that file for what each measure means).
+//!
+//! The measuring code links the agent library, whose build compiles the kernel program; so
+//! it sits behind the `bench` feature, and the plain `xtask` (which must build on a fresh
+//! machine before `setup` has installed the BPF toolchain) only sets up and re-runs itself
+//! in release mode with that feature.
+
+mod launch;
+
+#[cfg(feature = "bench")]
+mod agent;
+#[cfg(feature = "bench")]
+mod apply;
+#[cfg(feature = "bench")]
+mod driver;
+#[cfg(feature = "bench")]
+mod empty_prog;
+#[cfg(feature = "bench")]
+mod env;
+#[cfg(feature = "bench")]
+mod kernel;
+#[cfg(feature = "bench")]
+mod loaded;
+#[cfg(feature = "bench")]
+mod policy;
+#[cfg(feature = "bench")]
+mod report;
+#[cfg(feature = "bench")]
+mod stats;
+#[cfg(feature = "bench")]
+mod traffic;
+#[cfg(feature = "bench")]
+mod workers;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Tiny rule counts and one short round: checks that the harness works; asserts no
+    /// timings and writes target/bench-quick.md instead of docs/benchmarks.md.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write the report.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Internal: open short connections to ADDR for SECS seconds (run inside the namespaces).
+    #[arg(long, hide = true, num_args = 2, value_names = ["ADDR", "SECS"])]
+    pub connect_worker: Option<Vec<String>>,
+    /// Internal: accept and close connections on ADDR.
+    #[arg(long, hide = true, value_name = "ADDR")]
+    pub accept_worker: Option<String>,
+}
+
+/// Runs the benchmarks (with the `bench` feature), or sets up and re-runs with it.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    #[cfg(feature = "bench")]
+    let result = driver::run(args);
+    #[cfg(not(feature = "bench"))]
+    let result = launch::relaunch(args);
+    result
+}

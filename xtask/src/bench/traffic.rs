@@ -1,0 +1,274 @@
+//! Measures 1b, 2 and 3 at one prefix count: iperf3 throughput and short-connection rate
+//! through no filter, the empty program, the enforcer and nftables, interleaved round by
+//! round; and the programs' average run time from the kernel's BPF run-time statistics
+//! under that traffic.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::programs::loaded_programs;
+use egress_agent::policy::LogMode;
+
+use super::{
+    empty_prog::EmptyProgram,
+    env::Env,
+    loaded::{EventDrain, Loaded},
+    policy::{Spec, nft_ruleset, policy_set},
+    report::Table,
+    stats::Series,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    None,
+    Empty,
+    Enforcer,
+    Nft,
+}
+
+const MODES: [Mode; 4] = [Mode::None, Mode::Empty, Mode::Enforcer, Mode::Nft];
+
+/// How long each traffic phase runs.
+pub struct Timing {
+    pub rounds: usize,
+    pub iperf_secs: u32,
+    pub connect_secs: f64,
+    pub connect_workers: usize,
+    pub nft_limit: Duration,
+}
+
+#[derive(Default)]
+struct PerMode {
+    gbps: Series,
+    conns: Series,
+    /// ns per run during the throughput and the connection phases.
+    ns_bulk: Series,
+    ns_conn: Series,
+}
+
+pub struct Tables {
+    pub throughput: Table,
+    pub connections: Table,
+    pub runtime: Table,
+}
+
+/// Per-count medians for the targets: (throughput enforcer/none, enforcer/nft, conn rate
+/// enforcer/none), each as the series of per-round ratios.
+pub struct Ratios {
+    pub throughput: Series,
+    pub vs_nft: Series,
+    pub connections: Series,
+}
+
+fn empty_stats(id: u32) -> Result<(u64, u64)> {
+    for info in loaded_programs() {
+        let info = info?;
+        if info.id() == id {
+            let ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+            return Ok((ns, info.run_count()));
+        }
+    }
+    anyhow::bail!("program {id} is gone")
+}
+
+#[expect(clippy::cast_precision_loss, reason = "nanosecond sums far below 2^52")]
+fn per_run(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let runs = after.1.saturating_sub(before.1);
+    (runs > 0).then(|| after.0.saturating_sub(before.0) as f64 / runs as f64)
+}
+
+pub fn measure(
+    env: &Env,
+    empty: &EmptyProgram,
+    prefixes: usize,
+    timing: &Timing,
+    tables: &mut Tables,
+) -> Result<Ratios> {
+    let cgroup = env.cgroup.relative_path().to_owned();
+    let mut loaded = Loaded::load()?;
+    loaded.apply(&policy_set(&Spec {
+        prefixes,
+        cgroup: Some(cgroup),
+        log: LogMode::All,
+    }))?;
+    let drain = EventDrain::start(&mut loaded)?;
+    let counters = loaded.datapath.take_counters()?;
+    let empty_id = empty.id()?;
+    // The sets are loaded once; toggling the chain that references them turns nftables on.
+    env.nft_file(&nft_ruleset(prefixes), timing.nft_limit)
+        .context("loading the nftables sets")?;
+    let chain = "add chain inet egress_bench output { type filter hook output priority 0; policy accept; }\n\
+                 add rule inet egress_bench output ip daddr . tcp dport @deny4 drop\n\
+                 add rule inet egress_bench output ip6 daddr . tcp dport @deny6 drop\n";
+    // Counted from here: the kernel's run-time statistics, off again when `_stats` drops.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+    let mut results: Vec<PerMode> = MODES.iter().map(|_| PerMode::default()).collect();
+    let mut connections_total = 0.0;
+    let lost_before = counters.read()?.events_lost;
+    for _ in 0..timing.rounds {
+        for (mode, result) in MODES.iter().zip(results.iter_mut()) {
+            let attached = match mode {
+                Mode::Empty => Some(empty.attach(env.cgroup.path())?),
+                _ => None,
+            };
+            match mode {
+                Mode::Enforcer => {
+                    loaded.datapath.attach(env.cgroup.path().to_owned())?;
+                }
+                Mode::Nft => env.nft_file(chain, timing.nft_limit)?,
+                Mode::None | Mode::Empty => {}
+            }
+            let stats = |loaded: &mut Loaded| -> Result<(u64, u64)> {
+                match mode {
+                    Mode::Enforcer => loaded.run_stats(),
+                    _ => empty_stats(empty_id),
+                }
+            };
+            let s0 = stats(&mut loaded)?;
+            result.gbps.push(env.throughput(timing.iperf_secs)?);
+            let s1 = stats(&mut loaded)?;
+            let (rate, _failures) =
+                env.connection_rate(timing.connect_secs, timing.connect_workers)?;
+            result.conns.push(rate);
+            let s2 = stats(&mut loaded)?;
+            if *mode == Mode::Enforcer {
+                connections_total += rate * timing.connect_secs;
+            }
+            if matches!(mode, Mode::Enforcer | Mode::Empty) {
+                result.ns_bulk.0.extend(per_run(s0, s1));
+                result.ns_conn.0.extend(per_run(s1, s2));
+            }
+            match mode {
+                Mode::Enforcer => loaded.datapath.detach(),
+                Mode::Nft => env.nft(
+                    &["delete", "chain", "inet", "egress_bench", "output"],
+                    timing.nft_limit,
+                )?,
+                Mode::None | Mode::Empty => {}
+            }
+            drop(attached);
+        }
+    }
+    // Let the drain thread catch up with the last events.
+    std::thread::sleep(Duration::from_millis(200));
+    let lost = counters.read()?.events_lost - lost_before;
+    let decoded = drain.decoded();
+    env.nft(
+        &["delete", "table", "inet", "egress_bench"],
+        timing.nft_limit,
+    )?;
+
+    let [none, empty_r, enforcer, nft] = &results[..] else {
+        anyhow::bail!("mode results missing");
+    };
+    let ratios = Ratios {
+        throughput: enforcer.gbps.ratio_to(&none.gbps),
+        vs_nft: enforcer.gbps.ratio_to(&nft.gbps),
+        connections: enforcer.conns.ratio_to(&none.conns),
+    };
+    tables.throughput.row(vec![
+        prefixes.to_string(),
+        none.gbps.describe(2),
+        empty_r.gbps.describe(2),
+        enforcer.gbps.describe(2),
+        nft.gbps.describe(2),
+        ratios.throughput.describe(3),
+        nft.gbps.ratio_to(&none.gbps).describe(3),
+        ratios.vs_nft.describe(3),
+    ]);
+    tables.connections.row(vec![
+        prefixes.to_string(),
+        none.conns.describe(0),
+        empty_r.conns.describe(0),
+        enforcer.conns.describe(0),
+        nft.conns.describe(0),
+        ratios.connections.describe(3),
+        nft.conns.ratio_to(&none.conns).describe(3),
+        format!("{decoded} / {connections_total:.0}"),
+        lost.to_string(),
+    ]);
+    for (phase, real, base) in [
+        ("iperf3 (bulk TCP)", &enforcer.ns_bulk, &empty_r.ns_bulk),
+        ("short connections", &enforcer.ns_conn, &empty_r.ns_conn),
+    ] {
+        tables.runtime.row(vec![
+            prefixes.to_string(),
+            phase.to_owned(),
+            real.describe(0),
+            base.describe(0),
+            format!(
+                "{:.0}",
+                real.median().unwrap_or(f64::NAN) - base.median().unwrap_or(f64::NAN)
+            ),
+        ]);
+    }
+    Ok(ratios)
+}
+
+pub fn tables(timing: &Timing) -> Tables {
+    let Timing {
+        rounds,
+        iperf_secs,
+        connect_secs,
+        connect_workers,
+        nft_limit: _,
+    } = timing;
+    let setup = format!(
+        "Client namespace → server namespace over a veth pair (192.0.2.1 → 192.0.2.2), the \
+         client in a benchmark cgroup. Configurations alternate within each of {rounds} \
+         rounds: no filter, the empty program attached to the cgroup, the enforcer (the real \
+         program attached to the cgroup; policy selects that cgroup, `log: all`, traffic \
+         matches the first rule), nftables (interval sets of address . port range with the \
+         same deny prefixes, one rule per family in the output hook of the client namespace). \
+         Median (min–max) over rounds; ratios are per round."
+    );
+    Tables {
+        throughput: Table::new(
+            "2. Throughput (iperf3, one TCP stream)",
+            &format!("{setup} `iperf3 -t {iperf_secs}`, Gbit/s received."),
+            &[
+                "prefixes",
+                "no filter",
+                "empty prog",
+                "enforcer",
+                "nftables",
+                "enforcer / none",
+                "nftables / none",
+                "enforcer / nftables",
+            ],
+        ),
+        connections: Table::new(
+            "3. Connection rate (short TCP connections, decision events on)",
+            &format!(
+                "{setup} {connect_workers} clients open and reset connections for \
+                 {connect_secs} s; connections per second. The enforcer's events are read and \
+                 decoded by a thread in the benchmark, as the agent's reader does (measure 5 \
+                 covers the agent writing them)."
+            ),
+            &[
+                "prefixes",
+                "no filter",
+                "empty prog",
+                "enforcer",
+                "nftables",
+                "enforcer / none",
+                "nftables / none",
+                "events decoded / connections (enforcer)",
+                "events lost",
+            ],
+        ),
+        runtime: Table::new(
+            "1b. Kernel cost per packet under real traffic (BPF run-time stats)",
+            "Average ns per run = Δrun_time_ns / Δrun_cnt of each program (BPF_ENABLE_STATS, the \
+             same switch as kernel.bpf_stats_enabled, on for the benchmark only) over each \
+             phase of the traffic rounds above; median (min–max) over rounds.",
+            &[
+                "prefixes",
+                "traffic",
+                "egress ns/run",
+                "empty ns/run",
+                "difference of medians",
+            ],
+        ),
+    }
+}
