@@ -1,14 +1,22 @@
 //! Decision events and counters. Nothing here may change a verdict: a full ring buffer is
 //! counted and the packet is judged as if the event had been sent.
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
+    programs::SkBuffContext,
+};
 use egress_common::{
-    ConnectionEvent, Decision, RuntimeConfig, counter,
+    ConnectionEvent, Decision, Direction, RuntimeConfig, counter,
     event::{FlowKey, FlowState},
     verdict,
 };
 
-use crate::maps::{EGRESS_COUNTERS, EGRESS_EVENTS, EGRESS_FLOWS, EGRESS_RULE_HITS};
+use crate::{
+    maps::{EGRESS_COUNTERS, EGRESS_EVENTS, EGRESS_FLOWS, EGRESS_RULE_HITS},
+    packet::Packet,
+    process,
+};
 
 pub fn count(index: u32) {
     if let Some(value) = EGRESS_COUNTERS.get_ptr_mut(index) {
@@ -92,4 +100,62 @@ pub fn report(
         }
         None => count(counter::EVENTS_LOST),
     }
+}
+
+/// A judged packet of a socket, as both packet hooks report it.
+pub struct PacketDecision<'a> {
+    pub ctx: &'a SkBuffContext,
+    pub config: &'a RuntimeConfig,
+    pub packet: &'a Packet,
+    pub decision: &'a Decision,
+    pub socket_cookie: u64,
+    pub uid: u32,
+    pub direction: Direction,
+}
+
+/// Reports a judged packet as the flow it starts: egress flows are keyed by their
+/// destination, inbound ones by their source (the remote end either way), marked apart.
+#[inline(always)]
+pub fn report_packet(judged: &PacketDecision<'_>) {
+    let PacketDecision {
+        ctx,
+        config,
+        packet,
+        decision,
+        socket_cookie,
+        uid,
+        direction,
+    } = *judged;
+    let inbound = direction == Direction::Ingress;
+    let flow = FlowKey {
+        socket_cookie,
+        dst: if inbound { packet.src } else { packet.dst },
+        dst_port: packet.dst_port,
+        protocol: packet.protocol,
+        ip_version: packet.ip_version,
+        icmp_type: packet.icmp_type,
+        _pad: [u8::from(inbound), 0, 0],
+    };
+    report(config, decision, &flow, |event| {
+        process::attribute(socket_cookie, event);
+        // SAFETY: helpers reading the clock and the skb the kernel passed us.
+        event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+        event.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+        event.generation = config.generation;
+        event.socket_cookie = socket_cookie;
+        event.rule = decision.rule;
+        event.audit_rule = decision.audit_rule;
+        event.uid = uid;
+        event.src = packet.src;
+        event.dst = packet.dst;
+        event.src_port = packet.src_port;
+        event.dst_port = packet.dst_port;
+        event.ip_version = packet.ip_version;
+        event.protocol = packet.protocol;
+        event.verdict = decision.verdict;
+        event.audit_verdict = decision.audit_verdict;
+        event.direction = direction as u8;
+        event.icmp_type = packet.icmp_type;
+        event.dropped_packets = u32::from(decision.verdict == verdict::DENY);
+    });
 }

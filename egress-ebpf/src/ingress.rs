@@ -12,9 +12,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{
-        bpf_get_socket_cookie, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
-    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_get_socket_uid},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -27,7 +25,7 @@ use crate::{
     events,
     maps::{self, EGRESS_PEERS},
     packet::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet},
-    process, scope,
+    scope,
 };
 
 const PASS: i32 = 1;
@@ -89,38 +87,16 @@ fn report(
     decision: &Decision,
     cookie: u64,
 ) {
-    let flow = FlowKey {
-        socket_cookie: cookie,
-        dst: packet.src,
-        dst_port: packet.dst_port,
-        protocol: packet.protocol,
-        ip_version: packet.ip_version,
-        icmp_type: packet.icmp_type,
-        _pad: [1, 0, 0], // marks an inbound flow, distinct from an outbound one to the peer
-    };
     // SAFETY: the helper reads the skb the kernel passed us.
     let uid = unsafe { bpf_get_socket_uid(ctx.as_ptr().cast()) };
-    events::report(config, decision, &flow, |event| {
-        process::attribute(cookie, event);
-        // SAFETY: helpers reading the clock and the skb.
-        event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-        event.generation = config.generation;
-        event.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
-        event.socket_cookie = cookie;
-        event.rule = decision.rule;
-        event.audit_rule = decision.audit_rule;
-        event.uid = uid;
-        event.src = packet.src;
-        event.dst = packet.dst;
-        event.src_port = packet.src_port;
-        event.dst_port = packet.dst_port;
-        event.ip_version = packet.ip_version;
-        event.protocol = packet.protocol;
-        event.verdict = decision.verdict;
-        event.audit_verdict = decision.audit_verdict;
-        event.direction = Direction::Ingress as u8;
-        event.icmp_type = packet.icmp_type;
-        event.dropped_packets = u32::from(decision.verdict == verdict::DENY);
+    events::report_packet(&events::PacketDecision {
+        ctx,
+        config,
+        packet,
+        decision,
+        socket_cookie: cookie,
+        uid,
+        direction: Direction::Ingress,
     });
 }
 

@@ -19,13 +19,11 @@ mod sock_addr;
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{
-        bpf_get_socket_cookie, bpf_get_socket_uid, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
-    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_get_socket_uid},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use egress_common::{Decision, Direction, config_flags, counter, event::FlowKey, verdict};
+use egress_common::{Decision, Direction, config_flags, counter, verdict};
 
 use crate::{classify::Destination, packet::Packet};
 
@@ -113,36 +111,14 @@ fn report(
 ) {
     // SAFETY: the helper reads the skb the kernel passed us.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let flow = FlowKey {
+    events::report_packet(&events::PacketDecision {
+        ctx,
+        config,
+        packet,
+        decision,
         socket_cookie,
-        dst: packet.dst,
-        dst_port: packet.dst_port,
-        protocol: packet.protocol,
-        ip_version: packet.ip_version,
-        icmp_type: packet.icmp_type,
-        _pad: [0; 3],
-    };
-    events::report(config, decision, &flow, |event| {
-        process::attribute(socket_cookie, event);
-        // SAFETY: helpers reading the clock and the skb.
-        event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-        event.generation = config.generation;
-        event.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
-        event.socket_cookie = socket_cookie;
-        event.rule = decision.rule;
-        event.audit_rule = decision.audit_rule;
-        event.uid = uid;
-        event.src = packet.src;
-        event.dst = packet.dst;
-        event.src_port = packet.src_port;
-        event.dst_port = packet.dst_port;
-        event.ip_version = packet.ip_version;
-        event.protocol = packet.protocol;
-        event.verdict = decision.verdict;
-        event.audit_verdict = decision.audit_verdict;
-        event.direction = Direction::Egress as u8;
-        event.icmp_type = packet.icmp_type;
-        event.dropped_packets = u32::from(decision.verdict == verdict::DENY);
+        uid,
+        direction: Direction::Egress,
     });
 }
 

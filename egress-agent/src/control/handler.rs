@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use egress_common::{capacity, maps, programs};
+use egress_common::{capacity, maps};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -20,7 +20,7 @@ use super::protocol::{
 };
 use crate::{
     audit::{BootClock, clock::rfc3339},
-    datapath::{Attachment, Counters, RuleHitCounters},
+    datapath::{Attachment, Counters, PROGRAMS, RuleHitCounters},
     enforcer::{EnforceError, Enforcer, record_rejection_by},
     eval,
     policy::Mode,
@@ -188,16 +188,7 @@ impl AgentState {
                 .unwrap_or_default(),
             attach: AttachStatus {
                 cgroup: self.cgroup_root.display().to_string(),
-                programs: [
-                    programs::SOCK_CREATE,
-                    programs::CONNECT4,
-                    programs::CONNECT6,
-                    programs::SENDMSG4,
-                    programs::SENDMSG6,
-                    programs::EGRESS,
-                ]
-                .map(str::to_owned)
-                .to_vec(),
+                programs: PROGRAMS.map(str::to_owned).to_vec(),
                 attachment: match self.attachment {
                     Attachment::Fresh => "fresh",
                     Attachment::Adopted => "adopted",
