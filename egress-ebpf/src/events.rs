@@ -54,14 +54,16 @@ pub fn hit(decision: &Decision, first: bool) {
 ///
 /// `fill` writes the event in place in the reserved ring buffer entry, which starts zeroed:
 /// building it on the stack first would cost 136 of the program's 512 stack bytes.
+///
+/// Returns whether the flow was new (not reported before under this generation and verdict).
 pub fn report(
     config: &RuntimeConfig,
     decision: &Decision,
     flow: &FlowKey,
     fill: impl FnOnce(&mut ConnectionEvent),
-) {
+) -> bool {
     if decision.log == 0 {
-        return;
+        return false;
     }
     let denied = decision.verdict == verdict::DENY;
     if let Some(seen) = EGRESS_FLOWS.get_ptr_mut(flow) {
@@ -74,7 +76,7 @@ pub fn report(
                 // may lose one count, never a verdict.
                 unsafe { (*seen).dropped += 1 };
             }
-            return;
+            return false;
         }
     }
     let state = FlowState {
@@ -100,6 +102,7 @@ pub fn report(
         }
         None => count(counter::EVENTS_LOST),
     }
+    true
 }
 
 /// A judged packet of a socket, as both packet hooks report it.
@@ -115,8 +118,9 @@ pub struct PacketDecision<'a> {
 
 /// Reports a judged packet as the flow it starts: egress flows are keyed by their
 /// destination, inbound ones by their source (the remote end either way), marked apart.
+/// Returns whether the flow was new.
 #[inline(always)]
-pub fn report_packet(judged: &PacketDecision<'_>) {
+pub fn report_packet(judged: &PacketDecision<'_>) -> bool {
     let PacketDecision {
         ctx,
         config,
@@ -157,5 +161,5 @@ pub fn report_packet(judged: &PacketDecision<'_>) {
         event.direction = direction as u8;
         event.icmp_type = packet.icmp_type;
         event.dropped_packets = u32::from(decision.verdict == verdict::DENY);
-    });
+    })
 }

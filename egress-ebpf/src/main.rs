@@ -72,10 +72,10 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
     let starts = packet.protocol != packet::IPPROTO_TCP
         || packet.tcp_syn
         || decision.verdict == verdict::DENY;
-    events::hit(&decision, packet.tcp_syn);
-    if starts {
-        report(&ctx, &config, &packet, &decision, uid);
-    }
+    // A connection or flow starts with a TCP SYN, or with a flow the map had not seen
+    // (only flows the policies log are tracked there).
+    let new_flow = starts && report(&ctx, &config, &packet, &decision, uid);
+    events::hit(&decision, packet.tcp_syn || new_flow);
     if config.flags & config_flags::INGRESS != 0
         && packet.protocol == packet::IPPROTO_UDP
         && decision.verdict != verdict::DENY
@@ -108,7 +108,7 @@ fn report(
     packet: &Packet,
     decision: &Decision,
     uid: u32,
-) {
+) -> bool {
     // SAFETY: the helper reads the skb the kernel passed us.
     let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     events::report_packet(&events::PacketDecision {
@@ -119,7 +119,7 @@ fn report(
         socket_cookie,
         uid,
         direction: Direction::Egress,
-    });
+    })
 }
 
 #[cfg(not(test))]

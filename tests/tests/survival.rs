@@ -274,3 +274,71 @@ fn enforcement_survives_kill_restart_upgrade_and_reloads() {
         bpffs.display()
     );
 }
+
+/// An upgrade that died after attaching the new version but before removing the old one
+/// leaves two versions attached. The next agent, adopting its own version, must remove the
+/// other: its programs would go on judging by their frozen policy.
+#[test]
+fn adopting_removes_another_versions_leftover_enforcement() {
+    let _serial = serial();
+    let cgroup = CgroupGuard::new("leftover").expect("test cgroup");
+    let work = tempfile::tempdir().expect("tempdir");
+    let policy_file = work.path().join("policy.yaml");
+    fs::write(&policy_file, policy(cgroup.relative_path(), 1)).expect("write policy");
+    let before = egress_tests::root_egress_programs().expect("bpftool");
+
+    // The leftover: another version, pinned elsewhere, then moved beside ours.
+    let elsewhere = fresh_bpffs_dir();
+    let mut stale = AgentGuard::start_with_options(
+        &policy_file,
+        &AgentOptions {
+            bpffs: Some(elsewhere.clone()),
+            keep_on_exit: true,
+            audit_log: None,
+            extra_args: vec!["--program-version".into(), "stale-version".into()],
+        },
+    );
+    stale.stop().expect("stop, keeping enforcement");
+    let stale_programs: Vec<u64> = egress_tests::root_egress_programs()
+        .expect("bpftool")
+        .difference(&before)
+        .copied()
+        .collect();
+    assert!(
+        !stale_programs.is_empty(),
+        "the stale version is not attached"
+    );
+
+    let ours = fresh_bpffs_dir();
+    let options = AgentOptions {
+        bpffs: Some(ours.clone()),
+        keep_on_exit: true,
+        audit_log: None,
+        extra_args: Vec::new(),
+    };
+    let mut first = AgentGuard::start_with_options(&policy_file, &options);
+    first.stop().expect("stop, keeping enforcement");
+    fs::rename(elsewhere.join("stale-version"), ours.join("stale-version"))
+        .expect("move the stale version beside ours (bpffs supports rename)");
+
+    let adopting = AgentGuard::start_with_options(&policy_file, &options);
+    assert!(
+        adopting.output().contains("Adopted"),
+        "{}",
+        adopting.output()
+    );
+    assert!(
+        !ours.join("stale-version").exists(),
+        "the other version's pins are still there"
+    );
+    let attached = egress_tests::root_egress_programs().expect("bpftool");
+    for id in &stale_programs {
+        assert!(
+            !attached.contains(id),
+            "program {id} of the stale version is still attached"
+        );
+    }
+    drop(adopting);
+    drop(first);
+    drop(stale);
+}

@@ -25,12 +25,18 @@ use crate::{cgroup::Hierarchy, compile::Compiled};
 const RETIRE_GRACE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
-#[error("writing {what} of generation {generation} failed: {source}")]
-pub struct WriteError {
-    what: &'static str,
-    generation: u64,
-    #[source]
-    source: MapError,
+pub enum WriteError {
+    #[error("writing {what} of generation {generation} failed: {source}")]
+    Map {
+        what: &'static str,
+        generation: u64,
+        #[source]
+        source: MapError,
+    },
+    #[error(
+        "{failures} entries left in the inactive half of the maps could not be removed; generation {generation} was not written, the active one stays"
+    )]
+    Leftovers { failures: usize, generation: u64 },
 }
 
 /// What the active generation wrote, so it can be removed when it is replaced.
@@ -63,9 +69,16 @@ pub struct GenerationWriter {
     ports: LpmTrie<MapData, PortData, Decision>,
     active: RuntimeConfig,
     written: Written,
-    /// The maps were adopted from an earlier agent: what its generation wrote is unknown
-    /// here, so the first switch sweeps every entry of the retired parity instead.
-    sweep_on_switch: bool,
+    /// Per parity (index `parity >> 31`): entries may exist that `written` does not list,
+    /// because an earlier agent wrote them (pinned maps), or a write or removal failed. Such
+    /// a parity is swept whole before it is written (or after it is retired): ids repeat
+    /// from one generation of a parity to the next, so a leftover entry would otherwise be
+    /// judged as part of the new generation.
+    unknown: [bool; 2],
+}
+
+fn slot(parity: u32) -> usize {
+    usize::from(parity != 0)
 }
 
 impl GenerationWriter {
@@ -82,7 +95,8 @@ impl GenerationWriter {
             addr4: take(ebpf, maps::ADDR4)?,
             addr6: take(ebpf, maps::ADDR6)?,
             ports: take(ebpf, maps::PORTS)?,
-            sweep_on_switch: active.generation != 0,
+            // Pinned maps may hold anything an earlier agent left, in either parity.
+            unknown: [true, true],
             active,
             written: Written::default(),
         })
@@ -110,6 +124,17 @@ impl GenerationWriter {
     ) -> Result<Applied, WriteError> {
         let generation = self.active.generation + 1;
         let parity = self.next_parity();
+        if self.unknown[slot(parity)] {
+            let failures = self.sweep(parity);
+            if failures > 0 {
+                // Writing on top of entries we could not remove would mix generations.
+                return Err(WriteError::Leftovers {
+                    failures,
+                    generation,
+                });
+            }
+            self.unknown[slot(parity)] = false;
+        }
         let mut written = Written::default();
         let mut missing_cgroups = Vec::new();
         if let Err(err) = self.write_all(
@@ -120,7 +145,7 @@ impl GenerationWriter {
             &mut written,
             &mut missing_cgroups,
         ) {
-            self.remove(&written);
+            self.unknown[slot(parity)] = self.remove(&written) > 0;
             return Err(err);
         }
         let next = RuntimeConfig {
@@ -129,8 +154,8 @@ impl GenerationWriter {
             flags: compiled.flags,
         };
         if let Err(source) = self.config.set(0, next, 0) {
-            self.remove(&written);
-            return Err(WriteError {
+            self.unknown[slot(parity)] = self.remove(&written) > 0;
+            return Err(WriteError::Map {
                 what: "the config switch",
                 generation,
                 source,
@@ -138,12 +163,14 @@ impl GenerationWriter {
         }
         self.active = next;
         let retired = std::mem::replace(&mut self.written, written);
+        let retired_parity = parity ^ PARITY_BIT;
         thread::sleep(RETIRE_GRACE);
-        if std::mem::take(&mut self.sweep_on_switch) {
-            self.sweep(parity ^ PARITY_BIT);
+        let failures = if self.unknown[slot(retired_parity)] {
+            self.sweep(retired_parity)
         } else {
-            self.remove(&retired);
-        }
+            self.remove(&retired)
+        };
+        self.unknown[slot(retired_parity)] = failures > 0;
         Ok(Applied {
             generation,
             parity,
@@ -162,7 +189,7 @@ impl GenerationWriter {
         missing_cgroups: &mut Vec<String>,
     ) -> Result<(), WriteError> {
         let fail = |what| {
-            move |source| WriteError {
+            move |source| WriteError::Map {
                 what,
                 generation,
                 source,
@@ -211,9 +238,9 @@ impl GenerationWriter {
         Ok(())
     }
 
-    /// Removes entries no program can reach any more. A failure here leaves unreachable
-    /// entries behind (they cost capacity, not correctness), so it is logged, not returned.
-    fn remove(&mut self, written: &Written) {
+    /// Removes entries no program can reach any more; returns how many removals failed. The
+    /// caller marks the parity unknown then, so it is swept before it is written again.
+    fn remove(&mut self, written: &Written) -> usize {
         let Written {
             cgroups,
             scopes,
@@ -238,14 +265,19 @@ impl GenerationWriter {
             failures += usize::from(self.ports.remove(key).is_err());
         }
         if failures > 0 {
-            tracing::warn!(failures, "some retired map entries could not be removed");
+            tracing::warn!(
+                failures,
+                "some map entries could not be removed; their parity will be swept"
+            );
         }
+        failures
     }
 }
 
 impl GenerationWriter {
-    /// Removes every entry whose parity is `retired`, whoever wrote it.
-    fn sweep(&mut self, retired: u32) {
+    /// Removes every entry whose parity is `retired`, whoever wrote it; returns how many
+    /// removals failed.
+    fn sweep(&mut self, retired: u32) -> usize {
         let stale = Written {
             cgroups: self
                 .cgroups
@@ -278,11 +310,13 @@ impl GenerationWriter {
                 .filter(|key| leading_parity(&key.data()) == retired)
                 .collect(),
         };
-        tracing::info!(
-            entries = stale.len(),
-            "removed the entries of the adopted generation"
-        );
-        self.remove(&stale);
+        if stale.len() > 0 {
+            tracing::info!(
+                entries = stale.len(),
+                "removing entries left by an earlier agent or a failed write"
+            );
+        }
+        self.remove(&stale)
     }
 }
 

@@ -197,6 +197,9 @@ impl Datapath {
         {
             self.links = adopted;
             self.attached_to = Some(cgroup);
+            // An upgrade that died before removing the old version left it attached: its
+            // programs would go on judging by their frozen policy beside ours.
+            remove_other_versions(pins)?;
             return Ok(Attachment::Adopted);
         }
         let file = File::open(&cgroup).map_err(|source| DatapathError::OpenCgroup {
@@ -243,7 +246,8 @@ impl Datapath {
                 _ => Err(Boxed::from(ProgramError::NotLoaded)),
             };
             let link = link.map_err(attach_error)?;
-            // On error, `links` drops here and detaches what was attached.
+            // On error, `links` drops here: owned links detach; pinned ones stay attached by
+            // their pins, with whatever generation the maps hold (a restart adopts them).
             links.push(match &self.pins {
                 Some(pins) => pin_link(pins, name, link)?,
                 None => AttachedLink::Owned(link),
@@ -252,10 +256,7 @@ impl Datapath {
         self.links = links;
         self.attached_to = Some(cgroup);
         if let Some(pins) = &self.pins {
-            for old in pins.other_versions() {
-                tracing::info!(version = %old.display(), "removing the enforcement of another program version");
-                pins::remove_version(&old)?;
-            }
+            remove_other_versions(pins)?;
         }
         Ok(Attachment::Fresh)
     }
@@ -328,6 +329,16 @@ impl Drop for Datapath {
     fn drop(&mut self) {
         self.keep_attached();
     }
+}
+
+/// Removes the pins of every other program version, which detaches its programs. Called
+/// only once this version's programs are attached, so enforcement never pauses.
+fn remove_other_versions(pins: &PinDir) -> Result<(), PinError> {
+    for old in pins.other_versions() {
+        tracing::info!(version = %old.display(), "removing the enforcement of another program version");
+        pins::remove_version(&old)?;
+    }
+    Ok(())
 }
 
 /// The pinned links of this version, if every program has one.
