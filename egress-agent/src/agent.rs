@@ -11,13 +11,14 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tokio::signal::unix::SignalKind;
 
 use tokio::sync::{mpsc, oneshot};
 
+use self::events::{EventWriter, read_events};
+
 use crate::{
-    audit::{AuditLog, BootClock, Rotation, RuleNames, decode_event, enrich},
+    audit::{AuditLog, BootClock, Rotation, RuleNames},
     cgroup::{Hierarchy, PathCache, find_cgroup2_root},
     control::{
         self,
@@ -32,6 +33,8 @@ use crate::{
     source::PolicySource,
     watch::{self, PolicyWatcher},
 };
+
+mod events;
 
 /// What a graceful stop does to enforcement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -90,8 +93,10 @@ pub struct AgentArgs {
 
 /// How often the audit log is flushed: a crash loses at most this window.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-/// How often units named by selectors are looked up again in the cgroup tree.
-const UNIT_RESCAN_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the cgroups selectors name (by path or unit) are looked up again: a selected
+/// cgroup made again under the same path (a restarted service) has a new id, and is not
+/// governed until the next scan writes it (docs/operations.md).
+const CGROUP_RESCAN_INTERVAL: Duration = Duration::from_millis(500);
 /// Bound on reading the events left in the ring buffer at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A burst of file changes (an editor's write and rename, a ConfigMap swap) reloads once,
@@ -217,11 +222,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             rule_names,
             cgroups: PathCache::new(hierarchy),
             written: events_written,
+            failing: 0,
         },
         stop,
     ));
     let mut flush = tokio::time::interval(FLUSH_INTERVAL);
-    let mut rescan = tokio::time::interval(UNIT_RESCAN_INTERVAL);
+    let mut rescan = tokio::time::interval(CGROUP_RESCAN_INTERVAL);
+    // A slow re-apply delays the next scan rather than making a burst of them.
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
@@ -267,8 +275,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 flush_audit(&audit);
             }
             _ = rescan.tick() => {
-                if let Err(err) = tokio::task::block_in_place(|| enforcer.rescan_units()) {
-                    tracing::error!(%err, "re-applying after a unit change failed; the previous generation stays in force");
+                if let Err(err) = tokio::task::block_in_place(|| enforcer.rescan_cgroups()) {
+                    tracing::error!(%err, "re-applying after a cgroup change failed; the previous generation stays in force");
                 }
             }
         }
@@ -378,67 +386,5 @@ fn report_losses(counters: &Counters, audit: &Mutex<AuditLog>) {
         && let Err(err) = log.kernel_losses(values.events_lost)
     {
         tracing::error!(%err, "writing a loss record failed");
-    }
-}
-
-/// Turns ring buffer items into connection records.
-struct EventWriter {
-    clock: BootClock,
-    audit: Arc<Mutex<AuditLog>>,
-    rule_names: Arc<Mutex<RuleNames>>,
-    cgroups: PathCache,
-    /// Connection records written, for `egress status` and the metrics.
-    written: Arc<AtomicU64>,
-}
-
-impl EventWriter {
-    /// Writes every event in the ring buffer now.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
-        while let Some(item) = ring.next() {
-            let Some(event) = decode_event(&item) else {
-                tracing::error!(
-                    len = item.len(),
-                    "an event of unexpected size; agent and kernel program disagree"
-                );
-                continue;
-            };
-            let record = {
-                let names = self
-                    .rule_names
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("rule names poisoned"))?;
-                enrich(&event, &self.clock, &names, &mut self.cgroups)
-            };
-            self.audit
-                .lock()
-                .map_err(|_| anyhow::anyhow!("audit log poisoned"))?
-                .connection(record)?;
-            self.written.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-}
-
-/// Writes events as they arrive; when `stop` fires (the program is detached), writes those
-/// left in the ring buffer and returns.
-async fn read_events(
-    events: RingBuf<MapData>,
-    mut writer: EventWriter,
-    mut stop: oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
-    // SAFETY: the AsyncFd owns the ring buffer, whose map fd stays open and unchanged until
-    // the AsyncFd is dropped.
-    let mut events =
-        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-            .map_err(|err| anyhow::anyhow!("registering the event ring buffer: {err}"))?;
-    loop {
-        tokio::select! {
-            ready = events.readable_mut() => {
-                let mut guard = ready?;
-                writer.drain(guard.get_inner_mut())?;
-                guard.clear_ready();
-            }
-            _ = &mut stop => return writer.drain(events.get_mut()),
-        }
     }
 }

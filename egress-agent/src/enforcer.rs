@@ -2,7 +2,7 @@
 //! A rejected policy is recorded and leaves the active generation in force.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex},
 };
 
@@ -40,8 +40,16 @@ struct Active {
     digest: String,
     policies: PolicySet,
     resolution: CgroupResolution,
+    /// The cgroups the generation selects as they were when it was written.
+    cgroups: CgroupIds,
     entries: MapEntries,
 }
+
+/// Every cgroup path a generation selects, with the id the kernel knows it by (`None`
+/// while it does not exist). The cgroup map is keyed by id, looked up from the path when a
+/// generation is written: a cgroup removed and made again at the same path (a restarted
+/// service) has a new id that the map does not hold until the generation is written again.
+type CgroupIds = BTreeMap<String, Option<u64>>;
 
 /// Entries the active generation wrote to each policy map.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -143,17 +151,21 @@ impl Enforcer {
                 tracing::warn!("{}", warning.render("warning"));
             }
             let resolution = self.resolve(&policies);
+            // Looked up before the switch: a cgroup recreated while the generation is
+            // written then differs at the next rescan, which writes it again.
+            let cgroups = cgroup_ids(&self.hierarchy, &policies, &resolution);
             let (applied, entries) = self.switch(&policies, &resolution)?;
-            Ok((applied, policies, resolution, entries))
+            Ok((applied, policies, resolution, cgroups, entries))
         });
         match result {
-            Ok((applied, policies, resolution, entries)) => {
+            Ok((applied, policies, resolution, cgroups, entries)) => {
                 self.record(&applied, source, &digest, &policies, by);
                 self.active = Some(Active {
                     source: source.clone(),
                     digest,
                     policies,
                     resolution,
+                    cgroups,
                     entries,
                 });
                 Ok(applied)
@@ -172,13 +184,15 @@ impl Enforcer {
         }
     }
 
-    /// Looks the selectors' units up again; re-applies when a unit appeared or moved.
-    pub fn rescan_units(&mut self) -> Result<Option<Applied>, EnforceError> {
+    /// Looks the selected cgroups up again; re-applies when a unit appeared or moved, or a
+    /// selected cgroup appeared, disappeared or was made again with a new id.
+    pub fn rescan_cgroups(&mut self) -> Result<Option<Applied>, EnforceError> {
         let Some(active) = self.active.take() else {
             return Ok(None);
         };
         let resolution = self.resolve(&active.policies);
-        if resolution == active.resolution {
+        let cgroups = cgroup_ids(&self.hierarchy, &active.policies, &resolution);
+        if resolution == active.resolution && cgroups == active.cgroups {
             self.active = Some(active);
             return Ok(None);
         }
@@ -186,7 +200,7 @@ impl Enforcer {
             Ok((applied, entries)) => {
                 tracing::info!(
                     generation = applied.generation,
-                    "units moved in the cgroup tree; re-applied"
+                    "selected cgroups appeared, moved or were made again; re-applied"
                 );
                 self.record(
                     &applied,
@@ -197,6 +211,7 @@ impl Enforcer {
                 );
                 self.active = Some(Active {
                     resolution,
+                    cgroups,
                     entries,
                     ..active
                 });
@@ -327,7 +342,34 @@ pub fn record_rejection_by(
     write_policy_record(audit, record);
 }
 
+/// The ids of every cgroup path the policies select through `resolution`: paths named by
+/// selectors, and the paths their units and pods resolved to.
+fn cgroup_ids(
+    hierarchy: &Hierarchy,
+    policies: &PolicySet,
+    resolution: &CgroupResolution,
+) -> CgroupIds {
+    let mut paths = BTreeSet::new();
+    for selector in policies.policies.iter().map(|policy| &policy.selector) {
+        paths.extend(selector.cgroups.iter());
+        paths.extend(
+            selector
+                .units
+                .iter()
+                .flat_map(|unit| resolution.paths(unit)),
+        );
+        paths.extend(resolution.pod_paths(selector));
+    }
+    paths
+        .into_iter()
+        .map(|path| (path.clone(), hierarchy.id_of(path).ok()))
+        .collect()
+}
+
 fn write_policy_record(audit: &Mutex<AuditLog>, record: PolicyRecord) {
+    // Records can carry what a client sent (paths, and errors that quote them): capped, so
+    // that no request makes the agent write an outsized record.
+    let record = record.capped();
     let result = audit
         .lock()
         .map_err(|_| "poisoned")

@@ -12,7 +12,7 @@ use std::{
 
 use egress_tests::{
     ProcessGuard,
-    agent::{egress_bin, fresh_bpffs_dir},
+    agent::{egress_bin, fresh_bpffs_dir, root_egress_programs},
     process::run_bounded,
     serial,
 };
@@ -150,19 +150,31 @@ fn the_agent_notifies_ready_after_enforcing_then_reloads_and_stops() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    let before = root_egress_programs().expect("bpftool works");
     let mut agent = ProcessGuard::spawn(&mut cmd, "egress agent").expect("spawn the agent");
     let ready = receive();
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
     assert!(ready.contains("STATUS=enforcing generation 1"), "{ready}");
-    // The programs are attached by the time READY=1 arrives.
-    let attached = fs::read_dir(&unpin.bpffs)
-        .map(|versions| versions.count())
-        .unwrap_or(0);
-    assert_eq!(
-        attached,
-        1,
-        "one pinned program version under {}",
-        unpin.bpffs.display()
+    // The programs are attached by the time READY=1 arrives: a link is pinned only once
+    // its program is attached (the version directory exists before that), and the cgroup
+    // root carries egress programs it did not carry before the agent started.
+    let versions: Vec<PathBuf> = fs::read_dir(&unpin.bpffs)
+        .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
+        .unwrap_or_default();
+    let [version] = versions.as_slice() else {
+        panic!(
+            "one pinned program version under {}: {versions:?}",
+            unpin.bpffs.display()
+        );
+    };
+    for program in egress_agent::datapath::PROGRAMS {
+        let link = version.join("links").join(program);
+        assert!(link.exists(), "{} is not pinned at READY=1", link.display());
+    }
+    let attached = root_egress_programs().expect("bpftool works");
+    assert!(
+        !attached.is_subset(&before),
+        "no new egress program on the cgroup2 root at READY=1: before {before:?}, now {attached:?}"
     );
     let pid = libc::pid_t::try_from(agent.id()).expect("pid");
     // SAFETY: signals the agent this test started, which has not been reaped.

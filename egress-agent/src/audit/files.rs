@@ -11,8 +11,9 @@ use std::{
 /// Rotated files probed when listing or resuming; far more than anyone keeps.
 const MAX_ROTATED: usize = 10_000;
 
-/// How far back from the end of a file the last complete record is searched: one torn
-/// record plus one whole record fit many times over.
+/// How far back from the end of a file the last complete record is searched first: one
+/// torn record plus one whole record fit many times over. When they do not (a record
+/// larger than this), the search reaches further back, up to the whole file.
 const TAIL_BYTES: u64 = 1 << 17;
 
 #[derive(Clone, Debug)]
@@ -80,18 +81,45 @@ impl LogFiles {
         let newest_first =
             std::iter::once(self.current.clone()).chain((1..=MAX_ROTATED).map(|n| self.rotated(n)));
         for (index, path) in newest_first.enumerate() {
-            let tail = match read_tail(&path) {
-                Ok(tail) => tail,
+            match last_seq_of(&path) {
+                Ok(Some(seq)) => return Ok(seq),
+                Ok(None) => {}
                 // The current file may be missing; a missing rotated file ends the set.
-                Err(err) if err.kind() == io::ErrorKind::NotFound && index == 0 => continue,
+                Err(err) if err.kind() == io::ErrorKind::NotFound && index == 0 => {}
                 Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
                 Err(err) => return Err(err),
-            };
-            if let Some(seq) = last_seq_in(&tail) {
-                return Ok(seq);
             }
         }
         Ok(0)
+    }
+}
+
+/// The `seq` of the last complete record of the file at `path`: searched in the last
+/// [`TAIL_BYTES`], then in windows four times larger each, up to the whole file.
+fn last_seq_of(path: &Path) -> io::Result<Option<u64>> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut window = TAIL_BYTES;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let text = String::from_utf8_lossy(&bytes);
+        // A window that does not start the file may start inside a record: its first line
+        // is not a whole record, and the next, larger window sees it whole.
+        let whole = if start == 0 {
+            &text[..]
+        } else {
+            text.split_once('\n').map_or("", |(_, rest)| rest)
+        };
+        if let Some(seq) = last_seq_in(whole) {
+            return Ok(Some(seq));
+        }
+        if start == 0 {
+            return Ok(None);
+        }
+        window = window.saturating_mul(4);
     }
 }
 
@@ -152,5 +180,26 @@ mod tests {
             files.state().file_name().and_then(|n| n.to_str()),
             Some("audit.jsonl.state")
         );
+    }
+
+    #[test]
+    fn resume_finds_a_last_record_larger_than_the_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = LogFiles::new(&dir.path().join("audit.jsonl"));
+        // .1 ends at seq 3; the current file's last record, seq 9, is 1 MiB long.
+        fs::write(files.rotated(1), "{\"seq\":3}\n").expect("write .1");
+        let big = "x".repeat(1 << 20);
+        let text = format!("{{\"seq\":8}}\n{{\"seq\":9,\"error\":\"{big}\"}}\n");
+        assert!(text.len() as u64 > 4 * TAIL_BYTES);
+        fs::write(files.current(), &text).expect("write current");
+        assert_eq!(files.last_seq().expect("resume"), 9);
+        // The same record, torn after it by a crash, and as the only record of the file.
+        fs::write(files.current(), format!("{text}{{\"seq\":10,\"ti")).expect("torn");
+        assert_eq!(files.last_seq().expect("resume"), 9);
+        fs::write(files.current(), &text[text.find('\n').expect("line") + 1..]).expect("only");
+        assert_eq!(files.last_seq().expect("resume"), 9);
+        // A file of one huge torn line holds no record: resume from .1.
+        fs::write(files.current(), format!("{{\"seq\":11,\"error\":\"{big}")).expect("torn");
+        assert_eq!(files.last_seq().expect("resume"), 3);
     }
 }

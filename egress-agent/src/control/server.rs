@@ -65,7 +65,9 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<ControlSocket, ControlEr
         fs::remove_file(path).map_err(io("removing the stale socket"))?;
     }
     let gid = group.map(group_id).transpose()?;
-    let listener = UnixListener::bind(path).map_err(io("binding"))?;
+    let listener = bind_private(path).map_err(io("binding"))?;
+    listener.set_nonblocking(true).map_err(io("configuring"))?;
+    let listener = UnixListener::from_std(listener).map_err(io("listening on"))?;
     let socket = ControlSocket {
         listener,
         path: path.to_owned(),
@@ -79,6 +81,31 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<ControlSocket, ControlEr
     };
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io("chmod of"))?;
     Ok(socket)
+}
+
+/// Binds `path` with mode 0600 from the start. The socket file is created with 0777 less
+/// the umask; a chmod after the bind alone would leave a moment in which anyone may connect.
+fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let _umask = Umask::set(0o177);
+    std::os::unix::net::UnixListener::bind(path)
+}
+
+/// A umask in force until this is dropped. The umask belongs to the process: files other
+/// threads create meanwhile get at most 0600, never more than they asked for.
+struct Umask(libc::mode_t);
+
+impl Umask {
+    fn set(mask: libc::mode_t) -> Self {
+        // SAFETY: umask(2) cannot fail and touches no memory.
+        Self(unsafe { libc::umask(mask) })
+    }
+}
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        // SAFETY: as above; restores the umask `set` replaced.
+        unsafe { libc::umask(self.0) };
+    }
 }
 
 /// The gid of group `name`, or `name` itself when it is a number.
@@ -196,4 +223,25 @@ async fn answer(line: &str, uid: u32, calls: &mpsc::Sender<Call>) -> Response {
             .await
             .unwrap_or_else(|_| Err("the agent is stopping".into())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_file_is_private_from_its_creation_and_the_umask_is_restored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("egress.sock");
+        // The umask a service commonly runs with: a plain bind makes the socket 0755.
+        let _outer = Umask::set(0o022);
+        let _listener = bind_private(&path).expect("bind");
+        let mode = fs::symlink_metadata(&path)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o} right after the bind");
+        let probe = Umask::set(0o022);
+        assert_eq!(probe.0, 0o022, "the umask before the bind is back");
+    }
 }

@@ -1,0 +1,204 @@
+//! The event reader: turns what the kernel program puts in the ring buffer into connection
+//! records, for as long as the agent runs.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::oneshot};
+
+use crate::{
+    audit::{AuditLog, BootClock, RuleNames, decode_event, enrich, record::ConnectionRecord},
+    cgroup::PathCache,
+};
+
+/// Turns ring buffer items into connection records.
+pub struct EventWriter {
+    pub clock: BootClock,
+    pub audit: Arc<Mutex<AuditLog>>,
+    pub rule_names: Arc<Mutex<RuleNames>>,
+    pub cgroups: PathCache,
+    /// Connection records written, for `egress status` and the metrics.
+    pub written: Arc<AtomicU64>,
+    /// Records whose write failed in a row: the first failure is logged, and the recovery.
+    pub failing: u64,
+}
+
+impl EventWriter {
+    /// Writes every event in the ring buffer now.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        while let Some(item) = ring.next() {
+            let Some(event) = decode_event(&item) else {
+                tracing::error!(
+                    len = item.len(),
+                    "an event of unexpected size; agent and kernel program disagree"
+                );
+                continue;
+            };
+            let record = {
+                let names = self
+                    .rule_names
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("rule names poisoned"))?;
+                enrich(&event, &self.clock, &names, &mut self.cgroups)
+            };
+            self.write(record)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one record. A failed write (a full disk, a rotation that failed) does not end
+    /// the reader: the audit log counts the record and explains the gap in `seq` with a
+    /// `loss` record at the next write that works, so records flow again once the cause is
+    /// gone. Only a poisoned audit log, which nothing can write again, is an error.
+    pub fn write(&mut self, record: ConnectionRecord) -> anyhow::Result<()> {
+        let result = self
+            .audit
+            .lock()
+            .map_err(|_| anyhow::anyhow!("audit log poisoned"))?
+            .connection(record);
+        match result {
+            Ok(_) => {
+                if self.failing > 0 {
+                    tracing::warn!(
+                        failed = self.failing,
+                        "connection records are written again; a loss record counts the gap"
+                    );
+                    self.failing = 0;
+                }
+                self.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => {
+                if self.failing == 0 {
+                    tracing::error!(%err, "writing a connection record failed; records are lost until writes work again");
+                }
+                self.failing += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes events as they arrive; when `stop` fires (the program is detached), writes those
+/// left in the ring buffer and returns.
+pub async fn read_events(
+    events: RingBuf<MapData>,
+    mut writer: EventWriter,
+    mut stop: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    // SAFETY: the AsyncFd owns the ring buffer, whose map fd stays open and unchanged until
+    // the AsyncFd is dropped.
+    let mut events =
+        unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+            .map_err(|err| anyhow::anyhow!("registering the event ring buffer: {err}"))?;
+    loop {
+        tokio::select! {
+            ready = events.readable_mut() => {
+                let mut guard = ready?;
+                writer.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+            }
+            _ = &mut stop => return writer.drain(events.get_mut()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, net::Ipv4Addr};
+
+    use super::*;
+    use crate::{audit::Rotation, cgroup::Hierarchy};
+
+    fn record() -> ConnectionRecord {
+        ConnectionRecord {
+            seq: 0,
+            time: "1970-01-01T00:00:00.000000000Z".into(),
+            kind: "connection",
+            direction: "egress",
+            verdict: "deny",
+            audit_verdict: None,
+            policy: None,
+            rule: None,
+            generation: 1,
+            protocol: "tcp".into(),
+            src_ip: Ipv4Addr::LOCALHOST.into(),
+            src_port: None,
+            dst_ip: Ipv4Addr::new(203, 0, 113, 10).into(),
+            dst_port: Some(80),
+            cgroup: "/".into(),
+            unit: None,
+            uid: 0,
+            pid: None,
+            comm: None,
+            dropped_packets: None,
+        }
+    }
+
+    #[test]
+    fn failed_writes_do_not_end_the_reader_and_the_gap_is_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("cgroup");
+        fs::create_dir(&root).expect("mkdir");
+        fs::write(root.join("cgroup.procs"), "").expect("fake cgroup root");
+        let log = dir.path().join("audit.jsonl");
+        // Every record after the first rotates the file, moving `.1` to `.2` first; while
+        // `.2` is a non-empty directory, that rename, and so the write, fails.
+        let rotation = Rotation {
+            max_bytes: 1,
+            keep: 2,
+        };
+        let audit = Arc::new(Mutex::new(AuditLog::open(&log, rotation).expect("open")));
+        fs::write(dir.path().join("audit.jsonl.1"), "").expect("write .1");
+        let blocker = dir.path().join("audit.jsonl.2");
+        fs::create_dir(&blocker).expect("mkdir");
+        fs::write(blocker.join("x"), "").expect("write");
+        let mut writer = EventWriter {
+            clock: BootClock::new(),
+            audit: Arc::clone(&audit),
+            rule_names: Arc::default(),
+            cgroups: PathCache::new(Hierarchy::new(root).expect("hierarchy")),
+            written: Arc::default(),
+            failing: 0,
+        };
+        writer.write(record()).expect("first record");
+        for _ in 0..3 {
+            writer
+                .write(record())
+                .expect("a failed write is not an error");
+        }
+        assert_eq!(writer.failing, 3);
+        assert_eq!(writer.written.load(Ordering::Relaxed), 1);
+        fs::remove_dir_all(&blocker).expect("unblock");
+        writer.write(record()).expect("written again");
+        assert_eq!(writer.failing, 0);
+        assert_eq!(writer.written.load(Ordering::Relaxed), 2);
+        audit.lock().expect("lock").close().expect("close");
+        let files = crate::audit::LogFiles::new(&log).oldest_first();
+        let records: Vec<serde_json::Value> = files
+            .iter()
+            .flat_map(|path| {
+                let text = fs::read_to_string(path).expect("read");
+                text.lines()
+                    .map(|line| serde_json::from_str(line).expect("json"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let summary: Vec<(u64, &str, u64)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r["seq"].as_u64().unwrap_or_default(),
+                    r["kind"].as_str().unwrap_or_default(),
+                    r["lost"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [(1, "connection", 0), (5, "loss", 3), (6, "connection", 0)]
+        );
+    }
+}
