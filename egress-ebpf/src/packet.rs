@@ -23,13 +23,8 @@ const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AUTH: u8 = 51;
 const IPV6_DEST_OPTS: u8 = 60;
-const IPV6_MOBILITY: u8 = 135;
-const IPV6_HIP: u8 = 139;
-const IPV6_SHIM6: u8 = 140;
-const IPV6_EXPERIMENTAL_1: u8 = 253;
-const IPV6_EXPERIMENTAL_2: u8 = 254;
 /// Extension headers walked before giving up on finding the transport header. Linux itself
-/// sends at most a handful; a packet with more is unreadable (judged by the scope default).
+/// sends at most a handful; a packet with more is judged without ports.
 const MAX_IPV6_EXTENSIONS: usize = 6;
 
 /// TCP flag bits in the 13th byte of the header.
@@ -122,21 +117,18 @@ fn parse_ipv6(ctx: &SkBuffContext) -> Option<Packet> {
                     return Some(packet);
                 }
             }
-            // Extension headers we do not walk (mobility, HIP, shim6, experimental):
-            // unreadable, for the same reason.
-            IPV6_MOBILITY | IPV6_HIP | IPV6_SHIM6 | IPV6_EXPERIMENTAL_1 | IPV6_EXPERIMENTAL_2 => {
-                return None;
-            }
             _ => {
                 read_transport(ctx, offset, &mut packet)?;
                 return Some(packet);
             }
         }
     }
-    // More extension headers than we walk: the transport is unknown, so the packet is as
-    // unreadable as a truncated one and the scope's default judges it. (Taking the last
-    // extension's number as the protocol would let a long chain slip past port rules.)
-    None
+    // More extension headers than we walk: judged by its address with the last header's
+    // number as protocol and no ports. Rules for any protocol still apply; port rules
+    // cannot (docs/security.md, "Crafted packets"). Treating such a packet as unreadable
+    // would be worse: under an opt-out policy the scope default would pass it even to a
+    // destination denied for every protocol.
+    Some(packet)
 }
 
 fn read_transport(ctx: &SkBuffContext, offset: usize, packet: &mut Packet) -> Option<()> {

@@ -29,7 +29,7 @@ fn socket(domain: i32, protocol: i32) -> io::Result<OwnedFd> {
 }
 
 /// The internet checksum (RFC 1071).
-fn checksum(bytes: &[u8]) -> u16 {
+pub fn checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes
         .chunks(2)
         .map(|pair| {
@@ -100,6 +100,11 @@ pub fn icmp_echo(addr: IpAddr, timeout: Duration) -> io::Result<bool> {
 }
 
 fn set_timeout(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+    set_socket_timeout(fd, libc::SO_RCVTIMEO, timeout)
+}
+
+/// Sets `SO_RCVTIMEO` or `SO_SNDTIMEO` (`option`) of a socket.
+pub fn set_socket_timeout(fd: &OwnedFd, option: libc::c_int, timeout: Duration) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
@@ -109,7 +114,7 @@ fn set_timeout(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
+            option,
             (&raw const tv).cast(),
             size_of::<libc::timeval>() as libc::socklen_t,
         )

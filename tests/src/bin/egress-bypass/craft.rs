@@ -10,22 +10,7 @@ pub const SRC_PORT: u16 = 40_000;
 /// Identifier of our echo requests.
 const ECHO_ID: u16 = 0x6562;
 
-/// The internet checksum (RFC 1071).
-pub fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| {
-            u32::from(u16::from_be_bytes([
-                pair[0],
-                pair.get(1).copied().unwrap_or(0),
-            ]))
-        })
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+pub use egress_tests::traffic::checksum;
 
 /// An IPv4 header without options. `src` may be 0.0.0.0 on an IP_HDRINCL socket (the kernel
 /// fills it in); `frag` is the flags/offset field (offset in 8-byte units).

@@ -129,21 +129,7 @@ pub fn set_int(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()
 
 /// Bounds blocking sends and connects (`connect()` honours SO_SNDTIMEO).
 pub fn set_send_timeout(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
-    };
-    // SAFETY: passes a timeval we own with its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&raw const tv).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    check(rc as isize).map(drop)
+    egress_tests::traffic::set_socket_timeout(fd, libc::SO_SNDTIMEO, timeout)
 }
 
 /// The symbolic name of the errnos the tests meet, for readable output.
