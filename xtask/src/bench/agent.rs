@@ -1,5 +1,6 @@
 //! Measures 5 and 6 with the agent binary itself: decision events per second written to the
-//! audit log without loss, and the agent's resident memory at idle and under that load.
+//! audit log without loss (a sweep of offered rates, events.rs), and the agent's resident
+//! memory at idle and under that load.
 
 use std::{
     fs,
@@ -11,10 +12,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use egress_agent::policy::LogMode;
-use egress_tests::AgentGuard;
 
 use super::{
-    env::Env,
+    agent_proc::BenchAgent,
+    env::{Env, FLOOD_TARGET},
+    events::{self, Step},
     policy::{Spec, yaml},
     report::Table,
 };
@@ -34,19 +36,29 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// How the event sweep runs.
+pub struct Sweep {
+    /// Offered flows/s per step (0: unpaced).
+    pub rates: Vec<f64>,
+    /// Each step offers this many seconds of flows at its rate ...
+    pub step_secs: f64,
+    /// ... bounded to this many flows.
+    pub flows: (u64, u64),
+}
+
 pub struct AgentResult {
     pub idle_mib: f64,
     pub load_mib: f64,
+    pub steps: Vec<Step>,
 }
 
 /// Starts the agent with a `prefixes`-prefix policy selecting the benchmark cgroup and
-/// drives `secs` of short connections through it.
+/// runs the event sweep through it.
 pub fn measure(
     env: &Env,
     bin: &Path,
     prefixes: usize,
-    secs: f64,
-    workers: usize,
+    sweep: &Sweep,
     events: &mut Table,
     memory: &mut Table,
 ) -> Result<AgentResult> {
@@ -55,16 +67,15 @@ pub fn measure(
         cgroup: Some(env.cgroup.relative_path().to_owned()),
         log: LogMode::All,
     };
-    let agent = AgentGuard::start_program(bin, &yaml(&spec));
-    let pid = agent.id().context("the agent is not running")?;
+    let agent = BenchAgent::start(bin, &yaml(&spec))?;
+    let pid = agent.pid()?;
     // Let start-up allocations settle before calling it idle.
     thread::sleep(Duration::from_secs(2));
     let idle = rss_kib(pid)?;
-    let records_before = count(&agent, "connection");
 
     let peak = AtomicU64::new(idle);
     let done = AtomicBool::new(false);
-    let rate = thread::scope(|scope| {
+    let steps = thread::scope(|scope| {
         scope.spawn(|| {
             while !done.load(Ordering::Relaxed) {
                 if let Ok(kib) = rss_kib(pid) {
@@ -73,26 +84,27 @@ pub fn measure(
                 thread::sleep(Duration::from_millis(50));
             }
         });
-        let rate = env.connection_rate(secs, workers);
+        let steps = events::sweep(env, &agent, &sweep.rates, sweep.step_secs, sweep.flows);
         done.store(true, Ordering::Relaxed);
-        rate
+        steps
     })?;
-    // The agent flushes its log every second.
-    thread::sleep(Duration::from_millis(2500));
-    let recorded = count(&agent, "connection") - records_before;
-    let losses = count(&agent, "loss");
-    let made = rate.0 * secs;
-    let after = rss_kib(pid)?;
-    #[expect(clippy::cast_precision_loss, reason = "record counts far below 2^52")]
-    let recorded_rate = recorded as f64 / secs;
-    events.row(vec![
-        prefixes.to_string(),
-        format!("{made:.0}"),
-        recorded.to_string(),
-        format!("{recorded_rate:.0}"),
-        losses.to_string(),
-    ]);
-    let load = peak.load(Ordering::Relaxed).max(after);
+    let load = peak.load(Ordering::Relaxed).max(rss_kib(pid)?);
+    for step in &steps {
+        events.row(vec![
+            prefixes.to_string(),
+            if step.target > 0.0 {
+                format!("{:.0}", step.target)
+            } else {
+                "unpaced".to_owned()
+            },
+            format!("{:.0}", step.offered_rate()),
+            step.flows.to_string(),
+            step.records.to_string(),
+            format!("{:.0}", step.write_rate()),
+            format!("{} / {}", step.kernel_lost, step.loss_records_lost),
+            if step.lossless() { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
     memory.row(vec![
         prefixes.to_string(),
         format!("{:.1}", mib(idle)),
@@ -101,35 +113,44 @@ pub fn measure(
     Ok(AgentResult {
         idle_mib: mib(idle),
         load_mib: mib(load),
+        steps,
     })
 }
 
-fn count(agent: &AgentGuard, kind: &str) -> usize {
-    agent
-        .audit_records()
-        .iter()
-        .filter(|r| r.get("kind").and_then(serde_json::Value::as_str) == Some(kind))
-        .count()
-}
-
-pub fn tables(secs: f64, workers: usize) -> (Table, Table) {
+pub fn tables(sweep: &Sweep) -> (Table, Table) {
+    let Sweep {
+        rates: _,
+        step_secs,
+        flows: (min_flows, max_flows),
+    } = sweep;
     (
         Table::new(
             "5. Decision events recorded by the agent",
             &format!(
-                "The agent binary (`egress agent`, release build) with a policy selecting the \
-                 benchmark cgroup, `log: all`; {workers} clients open and reset as many short \
-                 TCP connections as they can for {secs} s. Recorded = `connection` records \
-                 that reached the audit log; loss = `loss` records (the kernel counted events \
-                 it could not queue). The rate is bounded by how fast the clients connect, \
-                 not by the agent, unless loss is non-zero."
+                "The agent binary (`egress agent`, release build, its own `--bpffs`, \
+                 `--on-exit detach`, control socket and audit log) with a policy selecting the \
+                 benchmark cgroup, `log: all`. Generator: one process in that cgroup (client \
+                 namespace) sends one-byte UDP datagrams with `sendmmsg` from unconnected \
+                 sockets to distinct ports of {FLOOD_TARGET} (an allowed documentation \
+                 address whose datagrams a veth sink in the client namespace drops): every datagram is a new flow, so one decision \
+                 event. Each step asks for a paced rate (or none: unpaced) for {step_secs} s \
+                 of flows, at least {min_flows} and at most {max_flows}. Offered = flows sent / \
+                 send time. Written/s = connection records the agent wrote (its `written` \
+                 counter over the control socket, sampled every 5 ms) / time from the first \
+                 to the last change of that counter. Records = `connection` lines that \
+                 appeared in the audit log. Lost = growth of the kernel's lost-event counter / \
+                 sum of `lost` in the `loss` records the agent wrote. Lossless = no loss and \
+                 every flow recorded."
             ),
             &[
                 "prefixes",
-                "connections made",
-                "records written",
-                "records/s",
-                "loss records",
+                "asked flows/s",
+                "offered flows/s",
+                "flows",
+                "records",
+                "written/s",
+                "lost (kernel / loss records)",
+                "lossless",
             ],
         ),
         Table::new(

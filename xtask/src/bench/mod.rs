@@ -13,6 +13,8 @@ mod launch;
 #[cfg(feature = "bench")]
 mod agent;
 #[cfg(feature = "bench")]
+mod agent_proc;
+#[cfg(feature = "bench")]
 mod apply;
 #[cfg(feature = "bench")]
 mod driver;
@@ -20,6 +22,8 @@ mod driver;
 mod empty_prog;
 #[cfg(feature = "bench")]
 mod env;
+#[cfg(feature = "bench")]
+mod events;
 #[cfg(feature = "bench")]
 mod kernel;
 #[cfg(feature = "bench")]
@@ -32,6 +36,8 @@ mod report;
 mod stats;
 #[cfg(feature = "bench")]
 mod traffic;
+#[cfg(feature = "bench")]
+mod udp_flood;
 #[cfg(feature = "bench")]
 mod workers;
 
@@ -48,9 +54,13 @@ pub struct BenchArgs {
     /// Where to write the report.
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Internal: open short connections to ADDR for SECS seconds (run inside the namespaces).
-    #[arg(long, hide = true, num_args = 2, value_names = ["ADDR", "SECS"])]
+    /// Internal: open short connections to ADDR for SECS seconds from THREADS threads (run
+    /// inside the namespaces).
+    #[arg(long, hide = true, num_args = 3, value_names = ["ADDR", "SECS", "THREADS"])]
     pub connect_worker: Option<Vec<String>>,
+    /// Internal: send COUNT new UDP flows to ADDR at RATE flows/s (0: unpaced).
+    #[arg(long, hide = true, num_args = 3, value_names = ["ADDR", "RATE", "COUNT"])]
+    pub udp_worker: Option<Vec<String>>,
     /// Internal: accept and close connections on ADDR.
     #[arg(long, hide = true, value_name = "ADDR")]
     pub accept_worker: Option<String>,

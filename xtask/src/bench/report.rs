@@ -44,6 +44,8 @@ pub struct Report {
     pub targets: Vec<Target>,
     /// Measures that failed or were not run, with why.
     pub gaps: Vec<String>,
+    /// Parts left out by design at some size (not failures), with why.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -90,6 +92,12 @@ impl Report {
             let _ = writeln!(out, "|{}", "---|".repeat(table.header.len()));
             for row in &table.rows {
                 let _ = writeln!(out, "| {} |", row.join(" | "));
+            }
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(out, "\n### Left out at some sizes\n");
+            for note in &self.notes {
+                let _ = writeln!(out, "- {note}");
             }
         }
         if !self.gaps.is_empty() {

@@ -1,53 +1,110 @@
-//! Load generators the benchmark runs as child processes (this binary, `bench --*-worker`),
-//! because a socket belongs to the cgroup and network namespace of the process that makes it.
+//! Short-connection load generators the benchmark runs as child processes (this binary,
+//! `bench --*-worker`), because a socket belongs to the cgroup and network namespace of the
+//! process that makes it.
+//!
+//! One connection: the client connects, the server accepts and closes at once (FIN), the
+//! client reads that end of file and closes with SO_LINGER 0 (RST). So neither side keeps a
+//! TIME_WAIT socket, the server never sends a reset into a 4-tuple the client may already be
+//! reusing, and the client only counts a connection the server has really accepted.
 
 use std::{
-    io,
+    io::{self, Read as _},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
+    thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
-/// Accepts and closes connections on `addr` until killed.
+/// Accept queue length: a full queue drops SYNs, which then wait out a 1 s retransmit.
+const BACKLOG: i32 = 4096;
+/// Threads accepting on the one listener.
+const ACCEPT_THREADS: usize = 2;
+
+/// Accepts connections on `addr` and closes each at once, until killed.
 pub fn accept(addr: &str) -> Result<()> {
     let addr: SocketAddr = addr.parse().context("accept worker address")?;
     let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
-    println!("ready");
-    for stream in listener.incoming().flatten() {
-        // Reset rather than close: a closing server would hold TIME_WAIT sockets whose
-        // 4-tuples the clients reuse, and their SYNs would then wait out a retransmit.
-        let _ = reset_on_close(&stream);
+    // Listening again only changes the backlog of a listening socket.
+    // SAFETY: listen on a socket we own.
+    if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error()).context("listen backlog");
     }
+    println!("ready");
+    thread::scope(|scope| {
+        for _ in 0..ACCEPT_THREADS {
+            scope.spawn(|| {
+                // Dropping the accepted stream closes it (FIN); the client resets after.
+                for stream in listener.incoming() {
+                    drop(stream);
+                }
+            });
+        }
+    });
     Ok(())
 }
 
-/// Opens and closes TCP connections to `addr` for `secs` seconds, one at a time; prints
+/// Opens short connections to `addr` from `threads` threads for `secs` seconds; prints
 /// `connections N failures M`.
 pub fn connect(args: &[String]) -> Result<()> {
-    let [addr, secs] = args else {
-        anyhow::bail!("connect worker takes ADDR SECS");
+    let [addr, secs, threads] = args else {
+        bail!("connect worker takes ADDR SECS THREADS");
     };
     let addr: SocketAddr = addr.parse().context("connect worker address")?;
     let secs: f64 = secs.parse().context("connect worker seconds")?;
+    let threads: usize = threads.parse().context("connect worker threads")?;
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let (mut ok, mut failed) = (0u64, 0u64);
-    while Instant::now() < deadline {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-            Ok(stream) => {
-                ok += 1;
-                reset_on_close(&stream)?;
-            }
-            Err(_) => failed += 1,
-        }
+    let results: Vec<Result<(u64, u64)>> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(move || connect_until(addr, deadline)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a connect thread panicked"))
+            })
+            .collect()
+    });
+    let (mut ok, mut failed) = (0, 0);
+    for result in results {
+        let (o, f) = result?;
+        ok += o;
+        failed += f;
     }
     println!("connections {ok} failures {failed}");
     Ok(())
 }
 
-/// SO_LINGER 0: close sends a reset and leaves no TIME_WAIT socket behind, so thousands of
-/// connections a second do not run out of local ports.
+fn connect_until(addr: SocketAddr, deadline: Instant) -> Result<(u64, u64)> {
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut buf = [0u8; 16];
+    while Instant::now() < deadline {
+        match one_connection(addr, &mut buf) {
+            Ok(()) => ok += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    Ok((ok, failed))
+}
+
+/// Connects, waits for the server's close, and resets.
+fn one_connection(addr: SocketAddr, buf: &mut [u8]) -> Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let result = loop {
+        match stream.read(buf) {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(err) => break Err(err.into()),
+        }
+    };
+    reset_on_close(&stream)?;
+    result
+}
+
+/// SO_LINGER 0: close sends a reset and leaves no TIME_WAIT socket behind.
 fn reset_on_close(stream: &TcpStream) -> Result<()> {
     let linger = libc::linger {
         l_onoff: 1,
