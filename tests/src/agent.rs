@@ -24,6 +24,8 @@ use crate::{
 pub const READY_MARKER: &str = "enforcing policy";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes of agent output kept for messages.
+const MAX_OUTPUT: usize = 1 << 20;
 
 /// Path of the agent binary: `$EGRESS_BIN`, else `egress` next to the test executable.
 pub fn egress_bin() -> Result<PathBuf> {
@@ -75,8 +77,12 @@ fn collect(pipe: Option<impl std::io::Read + Send + 'static>, output: &Arc<Mutex
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 let mut out = output.lock().unwrap_or_else(PoisonError::into_inner);
-                out.push_str(&line);
-                out.push('\n');
+                // The start-up lines are what matter (the ready marker, errors); an agent
+                // under load for minutes would otherwise grow this without bound.
+                if out.len() < MAX_OUTPUT {
+                    out.push_str(&line);
+                    out.push('\n');
+                }
             }
         });
     }
@@ -124,7 +130,26 @@ impl AgentGuard {
         Self::start_in(&bin, dir, policy, options)
     }
 
+    /// Starts `bin` with `policy_yaml` and `options`, and waits until it enforces; for
+    /// callers that report failures rather than panic (the benchmarks).
+    ///
+    /// # Errors
+    /// When the agent cannot be started or does not log `enforcing policy` in time; the
+    /// error carries its whole output.
+    pub fn try_start(bin: &Path, policy_yaml: &str, options: &AgentOptions) -> Result<Self> {
+        let dir = tempfile::tempdir().ctx(|| "creating a temp dir".to_owned())?;
+        let policy = dir.path().join("policy.yaml");
+        fs::write(&policy, policy_yaml).ctx(|| "writing the policy".to_owned())?;
+        Self::launch(bin, dir, &policy, options)
+    }
+
     fn start_in(bin: &Path, dir: TempDir, policy: &Path, options: &AgentOptions) -> Self {
+        Self::launch(bin, dir, policy, options).unwrap_or_else(|err| {
+            panic!("{err}; eBPF could not be put in place and this test fails (it never skips)")
+        })
+    }
+
+    fn launch(bin: &Path, dir: TempDir, policy: &Path, options: &AgentOptions) -> Result<Self> {
         let AgentOptions {
             bpffs,
             keep_on_exit,
@@ -158,9 +183,7 @@ impl AgentGuard {
         if env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut child = cmd.spawn().ctx(|| format!("starting {}", bin.display()))?;
         let output = Arc::new(Mutex::new(String::new()));
         collect(child.stdout.take(), &output);
         collect(child.stderr.take(), &output);
@@ -174,7 +197,7 @@ impl AgentGuard {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if guard.output().contains(READY_MARKER) {
-                return guard;
+                return Ok(guard);
             }
             let exited = guard
                 .child
@@ -189,10 +212,9 @@ impl AgentGuard {
                 );
                 let output = guard.output();
                 drop(guard);
-                panic!(
-                    "the agent {why}; eBPF could not be put in place and this test fails \
-                     (it never skips).\n--- agent output ---\n{output}--- end ---"
-                );
+                return Err(FixtureError::Other(format!(
+                    "the agent {why}\n--- agent output ---\n{output}--- end ---"
+                )));
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -209,6 +231,11 @@ impl AgentGuard {
     /// The agent's PID while it runs.
     pub fn id(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The agent's control socket (its own, unless the options named another).
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.path().join("egress.sock")
     }
 
     /// The audit log path.
