@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use egress_common::{Decision, NO_RULE, verdict};
+use egress_common::{Decision, NO_RULE, matched as matched_bits, verdict};
 
 use crate::compile::CgroupResolution;
 use crate::policy::{Action, LogMode, Mode, Policy, PolicySet, Rule};
@@ -239,8 +239,9 @@ fn combine(
 ) -> Decision {
     let enforce = judge(policies, Mode::Enforce, direction, matched);
     let audit = judge(policies, Mode::Audit, direction, matched);
-    let (verdict, rule) = enforce.unwrap_or((verdict::ALLOW, NO_RULE));
-    let (audit_verdict, audit_rule) = audit.unwrap_or((verdict::NONE, NO_RULE));
+    let (verdict, rule, enforce_rule) = enforce.unwrap_or((verdict::ALLOW, NO_RULE, false));
+    let (audit_verdict, audit_rule, audit_by_rule) =
+        audit.unwrap_or((verdict::NONE, NO_RULE, false));
     let log = policies.iter().any(|p| {
         let own = match p.mode {
             Mode::Enforce => verdict,
@@ -254,17 +255,26 @@ fn combine(
         verdict,
         audit_verdict,
         log: u8::from(log),
-        _pad: 0,
+        matched: (if enforce_rule {
+            matched_bits::ENFORCE_RULE
+        } else {
+            0
+        }) | (if audit_by_rule {
+            matched_bits::AUDIT_RULE
+        } else {
+            0
+        }),
     }
 }
 
-/// Verdict and deciding rule of the policies of one mode; `None` if there are none.
+/// Verdict and deciding rule of the policies of one mode, and whether a rule (not a default)
+/// decided; `None` if there are none.
 fn judge(
     policies: &[&Policy],
     mode: Mode,
     direction: Direction,
     matched: &dyn Fn(&Rule) -> bool,
-) -> Option<(u8, u32)> {
+) -> Option<(u8, u32, bool)> {
     let mut first_default = None;
     let mut deny_default = None;
     let mut deny = None;
@@ -285,13 +295,13 @@ fn judge(
     }
     let first_default = first_default?;
     Some(if let Some(id) = deny {
-        (verdict::DENY, id)
+        (verdict::DENY, id, true)
     } else if let Some(id) = allow {
-        (verdict::ALLOW, id)
+        (verdict::ALLOW, id, true)
     } else if let Some(id) = deny_default {
-        (verdict::DENY, id)
+        (verdict::DENY, id, false)
     } else {
-        (verdict::ALLOW, first_default)
+        (verdict::ALLOW, first_default, false)
     })
 }
 

@@ -22,8 +22,9 @@
 //! generation's parity in its top bit ([`PARITY_BIT`]), so the entries of the next generation
 //! are written beside the active ones and one store to [`maps::CONFIG`] switches all of them
 //! at once: no packet is ever judged by half of an old and half of a new policy.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
+pub mod dns;
 pub mod event;
 pub mod keys;
 
@@ -57,9 +58,21 @@ pub mod maps {
     /// `LruHashMap<FlowKey, u8>`: UDP peers each socket has sent to, so that their replies
     /// are not mistaken for new inbound flows.
     pub const PEERS: &str = "EGRESS_PEERS";
+    /// `LpmTrie<HostKeyData, NameSetId>`: (parity, reversed name) to the set of host
+    /// patterns that match the name ([`crate::dns`]).
+    pub const HOSTNAMES: &str = "EGRESS_HOSTNAMES";
+    /// `HashMap<NameClassKey, u32>`: (scope, name set) to the name class whose `PORTS`
+    /// entries decide packets to addresses learned for those names.
+    pub const NAME_CLASSES: &str = "EGRESS_NAME_CLASSES";
+    /// `LruHashMap<LearnedKey, Learned>`: addresses each cgroup learned from DNS answers.
+    pub const LEARNED: &str = "EGRESS_LEARNED";
+    /// `Array<DnsConfig>` with one entry.
+    pub const DNS_CONFIG: &str = "EGRESS_DNS_CONFIG";
+    /// `RingBuf` of DNS answers ([`crate::dns::DnsEventHeader`] + message).
+    pub const DNS_EVENTS: &str = "EGRESS_DNS_EVENTS";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 17] = [
         CONFIG,
         CGROUP_CLASSES,
         SCOPES,
@@ -72,6 +85,11 @@ pub mod maps {
         SOCKETS,
         RULE_HITS,
         PEERS,
+        HOSTNAMES,
+        NAME_CLASSES,
+        LEARNED,
+        DNS_CONFIG,
+        DNS_EVENTS,
     ];
 }
 
@@ -109,6 +127,12 @@ pub mod capacity {
     pub const RULE_HITS: u32 = 65_536;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const EVENTS_BYTES: u32 = 1 << 23;
+    /// Host pattern trie entries, both generations.
+    pub const HOSTNAMES: u32 = 262_144;
+    pub const NAME_CLASSES: u32 = 262_144;
+    /// Learned addresses (cgroup, address); the least recently used is evicted when full.
+    pub const LEARNED: u32 = 65_536;
+    pub const DNS_EVENTS_BYTES: u32 = 1 << 22;
 }
 
 /// Deepest cgroup level whose ancestors the kernel program checks against
@@ -144,7 +168,17 @@ pub mod counter {
     pub const MALFORMED: u32 = 4;
     /// `connect()` and `sendto()` calls rejected with EPERM before any packet was built.
     pub const CALLS_DENIED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// DNS answers read by the ingress program.
+    pub const DNS_ANSWERS: u32 = 6;
+    /// Addresses recorded in (or refreshed in) the learned map.
+    pub const DNS_LEARNED: u32 = 7;
+    /// DNS answers not delivered: they could not be read completely (too large, split
+    /// across TCP segments, more records or names than the program reads) or their addresses
+    /// could not be recorded, and the receiving workload has host rules.
+    pub const DNS_DROPPED: u32 = 8;
+    /// DNS answers that could not be read, delivered because the workload has no host rules.
+    pub const DNS_UNREAD: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// The single entry of [`maps::CONFIG`].
@@ -168,6 +202,31 @@ pub mod config_flags {
     /// the ingress program judges new inbound flows, and the egress program records the UDP
     /// peers sockets send to, so that their replies are known.
     pub const INGRESS: u32 = 4;
+    /// Some policy has host rules: packets to addresses learned from DNS are looked up in
+    /// [`crate::maps::LEARNED`].
+    pub const HOSTS: u32 = 8;
+}
+
+/// Bits of [`Decision::matched`]: whether a verdict came from a matching rule or from the
+/// policies' defaults, which [`Decision::merge`] needs.
+pub mod matched {
+    /// `verdict` and `rule` are those of a matching enforce rule.
+    pub const ENFORCE_RULE: u8 = 1;
+    /// `audit_verdict` and `audit_rule` are those of a matching audit rule.
+    pub const AUDIT_RULE: u8 = 2;
+}
+
+/// Bits of [`ScopeValue::flags`].
+pub mod scope_flags {
+    /// Some applicable policy has `log: all`.
+    pub const LOG_ALL: u32 = 1;
+    /// Some applicable enforce policy has `log: deny`.
+    pub const LOG_DENY_ENFORCE: u32 = 2;
+    /// Some applicable audit policy has `log: deny`.
+    pub const LOG_DENY_AUDIT: u32 = 4;
+    /// Some applicable policy has an egress rule with a host entry: DNS answers this scope
+    /// cannot read are dropped rather than delivered unlearned.
+    pub const HOST_RULES: u32 = 8;
 }
 
 /// What the program does with a packet, and what it reports.
@@ -184,7 +243,8 @@ pub struct Decision {
     pub audit_verdict: u8,
     /// 1 when the decision is to be reported as an event (the policies' `log` settings).
     pub log: u8,
-    pub _pad: u8,
+    /// [`matched`] bits.
+    pub matched: u8,
 }
 
 impl Decision {
@@ -195,8 +255,80 @@ impl Decision {
         verdict: verdict::ALLOW,
         audit_verdict: verdict::NONE,
         log: 0,
-        _pad: 0,
+        matched: 0,
     };
+
+    /// The decision when the rules matched on two paths (a destination's address, and a name
+    /// it was learned for) all match: `self` and `other` are the decisions of the same scope
+    /// with each path's rules alone. Deny rules beat allow rules, the lowest id decides among
+    /// equals, and the defaults decide only when no rule matched on either path, exactly as
+    /// `docs/policy.md` orders rules. `log` is then recomputed from the scope's
+    /// [`scope_flags`], since it follows the merged verdicts.
+    #[inline(always)]
+    pub fn merge(self, other: Self, scope_flags: u32) -> Self {
+        let (verdict, rule, enforce_matched) = pick(
+            (
+                self.verdict,
+                self.rule,
+                self.matched & matched::ENFORCE_RULE != 0,
+            ),
+            (
+                other.verdict,
+                other.rule,
+                other.matched & matched::ENFORCE_RULE != 0,
+            ),
+        );
+        let (audit_verdict, audit_rule, audit_matched) = pick(
+            (
+                self.audit_verdict,
+                self.audit_rule,
+                self.matched & matched::AUDIT_RULE != 0,
+            ),
+            (
+                other.audit_verdict,
+                other.audit_rule,
+                other.matched & matched::AUDIT_RULE != 0,
+            ),
+        );
+        let log = scope_flags & scope_flags::LOG_ALL != 0
+            || (verdict == verdict::DENY && scope_flags & scope_flags::LOG_DENY_ENFORCE != 0)
+            || (audit_verdict == verdict::DENY && scope_flags & scope_flags::LOG_DENY_AUDIT != 0);
+        Self {
+            rule,
+            audit_rule,
+            verdict,
+            audit_verdict,
+            log: u8::from(log),
+            matched: (if enforce_matched {
+                matched::ENFORCE_RULE
+            } else {
+                0
+            }) | (if audit_matched {
+                matched::AUDIT_RULE
+            } else {
+                0
+            }),
+        }
+    }
+}
+
+/// One mode's half of [`Decision::merge`]: (verdict, rule, from a rule).
+#[inline(always)]
+fn pick(a: (u8, u32, bool), b: (u8, u32, bool)) -> (u8, u32, bool) {
+    match (a.2, b.2) {
+        (true, true) if a.0 == b.0 => {
+            if b.1 < a.1 {
+                b
+            } else {
+                a
+            }
+        }
+        (true, true) if b.0 == verdict::DENY => b,
+        (true, true) => a,
+        (false, true) => b,
+        // Neither matched: both carry the same defaults.
+        _ => a,
+    }
 }
 
 /// What one rule decided on one CPU, in [`maps::RULE_HITS`].
@@ -231,6 +363,8 @@ pub struct ScopeValue {
     /// `verdict::NONE` when no applicable policy restricts inbound traffic: the ingress
     /// program then passes everything for this scope without looking further.
     pub ingress_default: Decision,
+    /// [`scope_flags`] of the egress direction.
+    pub flags: u32,
 }
 
 #[cfg(feature = "user")]
@@ -245,4 +379,8 @@ mod pod {
     unsafe impl aya::Pod for super::event::FlowKey {}
     unsafe impl aya::Pod for super::event::FlowState {}
     unsafe impl aya::Pod for super::event::SocketOwner {}
+    unsafe impl aya::Pod for super::dns::NameClassKey {}
+    unsafe impl aya::Pod for super::dns::LearnedKey {}
+    unsafe impl aya::Pod for super::dns::Learned {}
+    unsafe impl aya::Pod for super::dns::DnsConfig {}
 }

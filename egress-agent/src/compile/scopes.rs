@@ -3,11 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use egress_common::{ANY_UID, Decision, ScopeKey, ScopeValue, verdict};
+use egress_common::{ANY_UID, Decision, ScopeKey, ScopeValue, scope_flags, verdict};
 
 use super::{CompileError, Compiled, Interner};
 use crate::eval::{decision_for, ingress_decision_for};
-use crate::policy::Policy;
+use crate::policy::{Destination, LogMode, Mode, Policy};
 
 /// A scope whose address entries are still to be written.
 pub(super) struct DistinctScope {
@@ -27,7 +27,7 @@ const NOT_JUDGED: Decision = Decision {
     verdict: verdict::NONE,
     audit_verdict: verdict::NONE,
     log: 0,
-    _pad: 0,
+    matched: 0,
 };
 
 /// Writes the scope entries for every (cgroup class, uid), interning the applicable policy
@@ -116,9 +116,32 @@ pub(super) fn scopes(
                     ingress_scope,
                     default: decision_for(&applicable, &|_| false),
                     ingress_default,
+                    flags: flags_of(&applicable),
                 },
             ));
         }
     }
     Ok(distinct)
+}
+
+/// The [`scope_flags`] of a scope with the `applicable` policies: what the kernel needs to
+/// recompute `log` after merging a name decision, and whether DNS answers must be read.
+fn flags_of(applicable: &[&Policy]) -> u32 {
+    let mut flags = 0;
+    for policy in applicable {
+        flags |= match (policy.log, policy.mode) {
+            (LogMode::All, _) => scope_flags::LOG_ALL,
+            (LogMode::Deny, Mode::Enforce) => scope_flags::LOG_DENY_ENFORCE,
+            (LogMode::Deny, Mode::Audit) => scope_flags::LOG_DENY_AUDIT,
+            (LogMode::None, _) => 0,
+        };
+        let hosts = policy
+            .rules
+            .iter()
+            .any(|r| r.to.iter().any(|d| matches!(d, Destination::Host(_))));
+        if hosts {
+            flags |= scope_flags::HOST_RULES;
+        }
+    }
+    flags
 }
