@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use egress_common::{Decision, NO_RULE, matched as matched_bits, verdict};
 
 use crate::compile::CgroupResolution;
+pub use crate::policy::host::{canonical_name, host_matches};
 use crate::policy::{Action, LogMode, Mode, Policy, PolicySet, Rule};
 
 /// A rule that matched a packet, whether or not it decided.
@@ -28,6 +29,20 @@ pub struct Explanation {
     pub applicable: Vec<String>,
     /// Every matching rule of the applicable policies, by id.
     pub matched: Vec<MatchedRule>,
+    /// Which of the destination's names matched which host patterns of the applicable
+    /// policies' egress rules (whether or not the rule's protocol and ports admit the
+    /// packet), by rule id, then name; empty without names.
+    pub hosts: Vec<HostMatch>,
+}
+
+/// A name of the destination that a host pattern of a rule matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostMatch {
+    pub name: String,
+    pub pattern: String,
+    pub id: u32,
+    pub policy: String,
+    pub rule: String,
 }
 
 /// The policies whose selectors hold for the workload, in name order; pod selectors select
@@ -59,12 +74,33 @@ pub fn decide_in(
     protocol: u8,
     port: u16,
 ) -> Decision {
+    decide_named_in(set, resolution, cgroup, uid, dst, &[], protocol, port)
+}
+
+/// [`decide_named`], with pod selectors resolved through `resolution`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one packet's fields, named as the kernel sees them"
+)]
+pub fn decide_named_in(
+    set: &PolicySet,
+    resolution: &CgroupResolution,
+    cgroup: &str,
+    uid: u32,
+    dst: IpAddr,
+    names: &[String],
+    protocol: u8,
+    port: u16,
+) -> Decision {
     let policies = applicable_in(set, resolution, cgroup, uid);
-    decision_for(&policies, &|r: &Rule| r.matches(dst, protocol, port))
+    decision_for(&policies, &|r: &Rule| {
+        r.matches_named(dst, names, protocol, port)
+    })
 }
 
 /// Decides a packet of the workload (`cgroup` path relative to the cgroup2 root, socket `uid`)
-/// to `dst`. `port` only counts for TCP and UDP.
+/// to `dst`, an address the workload learned from no DNS answer (so no host rule matches it).
+/// `port` only counts for TCP and UDP.
 pub fn decide(
     set: &PolicySet,
     cgroup: &str,
@@ -73,12 +109,29 @@ pub fn decide(
     protocol: u8,
     port: u16,
 ) -> Decision {
-    decide_in(
+    decide_named(set, cgroup, uid, dst, &[], protocol, port)
+}
+
+/// Decides a packet of the workload to `dst` when the workload's cgroup learned `dst` from
+/// DNS answers for `names` (each answer's question name and CNAME targets, any case, trailing
+/// dots ignored): a rule matches when its protocol and ports admit the packet and its address
+/// entries hold `dst` or one of its host patterns matches one of the names.
+pub fn decide_named(
+    set: &PolicySet,
+    cgroup: &str,
+    uid: u32,
+    dst: IpAddr,
+    names: &[String],
+    protocol: u8,
+    port: u16,
+) -> Decision {
+    decide_named_in(
         set,
         &CgroupResolution::default(),
         cgroup,
         uid,
         dst,
+        names,
         protocol,
         port,
     )
@@ -93,13 +146,48 @@ pub fn explain(
     protocol: u8,
     port: u16,
 ) -> Explanation {
+    explain_named(set, cgroup, uid, dst, &[], protocol, port)
+}
+
+/// [`decide_named`], with the rules that matched and the names their host patterns matched.
+pub fn explain_named(
+    set: &PolicySet,
+    cgroup: &str,
+    uid: u32,
+    dst: IpAddr,
+    names: &[String],
+    protocol: u8,
+    port: u16,
+) -> Explanation {
     let policies = applicable(set, cgroup, uid);
-    let is_match = |r: &Rule| r.matches(dst, protocol, port);
+    let is_match = |r: &Rule| r.matches_named(dst, names, protocol, port);
     Explanation {
         decision: decision_for(&policies, &is_match),
         applicable: policies.iter().map(|p| p.name.clone()).collect(),
         matched: matched_rules(&policies, Direction::Egress, &is_match),
+        hosts: host_matches_of(&policies, names),
     }
+}
+
+/// Every (rule, pattern, name) of the `policies`' egress rules where the pattern matches.
+fn host_matches_of(policies: &[&Policy], names: &[String]) -> Vec<HostMatch> {
+    let mut out = Vec::new();
+    for policy in policies {
+        for rule in &policy.rules {
+            for pattern in rule.hosts() {
+                for name in names.iter().filter(|n| host_matches(pattern, n)) {
+                    out.push(HostMatch {
+                        name: name.clone(),
+                        pattern: pattern.to_string(),
+                        id: rule.id,
+                        policy: policy.name.clone(),
+                        rule: rule.name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Decides a packet that starts a new inbound connection or flow to the workload, from `src`
@@ -153,6 +241,7 @@ pub fn explain_ingress(
         decision: ingress_decision_for(&policies, &is_match)?,
         applicable: policies.iter().map(|p| p.name.clone()).collect(),
         matched: matched_rules(&policies, Direction::Ingress, &is_match),
+        hosts: Vec::new(),
     })
 }
 

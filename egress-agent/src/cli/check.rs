@@ -142,6 +142,7 @@ mod tests {
             "allowlist.yaml",
             "audit-rollout.yaml",
             "outbound-only.yaml",
+            "hostnames.yaml",
         ] {
             let (code, out, err) = check(vec![examples().join(name)], false);
             assert_eq!(code, ExitCode::SUCCESS, "{name}: {err}");
@@ -151,7 +152,7 @@ mod tests {
         let (code, out, _) = check(vec![examples()], true);
         assert_eq!(code, ExitCode::SUCCESS);
         let report: serde_json::Value = serde_json::from_str(&out).expect("valid test input");
-        assert_eq!(report["policies"], 5);
+        assert_eq!(report["policies"], 6);
         assert_eq!(report["ok"], true);
         assert_eq!(report["ingress_rules"], 1);
         assert_eq!(report["inbound_policies"], 1);
@@ -192,15 +193,15 @@ mod tests {
         assert!(err.contains("did you mean `egress`?"), "{err}");
 
         let host = dir.path().join("host.yaml");
-        std::fs::write(&host, "apiVersion: egress.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: x}\nspec:\n  egress:\n    - name: t\n      action: deny\n      to:\n        - host: t.example.com\n").expect("valid test input");
+        std::fs::write(&host, "apiVersion: egress.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: x}\nspec:\n  defaultAction: deny\n  egress:\n    - name: t\n      action: allow\n      to:\n        - host: t.example.com\n").expect("valid test input");
         let (code, out, err) = check(vec![host.clone()], false);
         assert_eq!(code, ExitCode::SUCCESS);
-        assert!(out.contains("1 warnings"), "{out}");
+        assert!(out.contains("2 warnings"), "{out}");
         let want = format!(
-            "{}:9:11: warning: host `t.example.com` is ignored: hostname enforcement is not available yet",
+            "{}:10:11: warning: host rules match only addresses learned from DNS answers, and policy `x` allows no DNS (port 53): workloads need DNS to learn names",
             host.display()
         );
-        assert!(err.starts_with(&want), "{err}");
+        assert!(err.contains(&want), "{err}");
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub struct ExplainArgs {
     /// then the workload's local port. Needs `--policy`.
     #[arg(long, value_name = "ADDR")]
     pub from: Option<IpAddr>,
+    /// A name the workload learned the destination address for from DNS (repeatable: the
+    /// question name and every CNAME target of the answers); host rules match these.
+    /// Needs `--policy`.
+    #[arg(long = "host", value_name = "NAME", requires = "to")]
+    pub host: Vec<String>,
     /// Destination port (TCP and UDP only).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
@@ -76,6 +81,11 @@ pub fn run_to(args: &ExplainArgs, out: &mut dyn Write) -> anyhow::Result<ExitCod
     let Some(to) = args.to else {
         bail!("give --to ADDR (a connection the workload opens) or --from ADDR (one it accepts)");
     };
+    let names = args
+        .host
+        .iter()
+        .map(|h| eval::canonical_name(h).with_context(|| format!("--host `{h}` is not a DNS name")))
+        .collect::<anyhow::Result<Vec<String>>>()?;
     if args.policy.is_empty() {
         let params = ExplainParams {
             cgroup,
@@ -83,6 +93,7 @@ pub fn run_to(args: &ExplainArgs, out: &mut dyn Write) -> anyhow::Result<ExitCod
             to,
             protocol,
             port: args.port,
+            names,
         };
         let explained: Explained = call_as(&args.socket.socket, Method::Explain(params))?;
         if args.json {
@@ -93,9 +104,13 @@ pub fn run_to(args: &ExplainArgs, out: &mut dyn Write) -> anyhow::Result<ExitCod
         return Ok(ExitCode::SUCCESS);
     }
     let set = policy::load(&args.policy)?;
-    let explanation = eval::explain(&set, &cgroup, args.uid, to, protocol, args.port);
+    let explanation = eval::explain_named(&set, &cgroup, args.uid, to, &names, protocol, args.port);
     if args.json {
-        writeln!(out, "{}", to_json(&set, &explanation))?;
+        let mut json = to_json(&set, &explanation);
+        if !names.is_empty() {
+            json["names"] = names.into();
+        }
+        writeln!(out, "{json}")?;
     } else {
         write_text(out, &set, &explanation)?;
     }
@@ -181,6 +196,14 @@ pub fn to_json(set: &PolicySet, e: &Explanation) -> serde_json::Value {
         .map(|m| serde_json::json!({"policy": m.policy, "rule": m.rule, "action": m.action.as_str()}))
         .collect();
     object.insert("matched".into(), matched.into());
+    if !e.hosts.is_empty() {
+        let hosts: Vec<serde_json::Value> = e
+            .hosts
+            .iter()
+            .map(|h| serde_json::json!({"name": h.name, "pattern": h.pattern, "policy": h.policy, "rule": h.rule}))
+            .collect();
+        object.insert("hosts".into(), hosts.into());
+    }
     object.into()
 }
 
@@ -213,6 +236,13 @@ pub fn write_text(out: &mut dyn Write, set: &PolicySet, e: &Explanation) -> std:
     }
     writeln!(out, "logged: {}", if d.log == 1 { "yes" } else { "no" })?;
     writeln!(out, "applicable policies: {}", e.applicable.join(", "))?;
+    for h in &e.hosts {
+        writeln!(
+            out,
+            "name {} matches host `{}` of {}/{}",
+            h.name, h.pattern, h.policy, h.rule
+        )?;
+    }
     if e.matched.is_empty() {
         writeln!(
             out,
@@ -270,6 +300,7 @@ mod tests {
             uid: 0,
             to: Some(to.parse().expect("valid test input")),
             from: None,
+            host: Vec::new(),
             port,
             protocol: protocol.into(),
             json: true,
@@ -381,6 +412,60 @@ mod tests {
         assert!(
             run_to(&a, &mut Vec::new()).is_err(),
             "--from needs --policy"
+        );
+    }
+
+    #[test]
+    fn names_are_matched_against_host_rules() {
+        let mut a = args(Some("fetcher.service"), None, "192.0.2.1", 443, "tcp");
+        a.host = vec!["API.Example.com.".into(), "edge.cdn.example.net".into()];
+        let v = json(&a);
+        assert_eq!(v["verdict"], "allow", "{v}");
+        assert_eq!(v["rule"], "api", "{v}");
+        assert_eq!(
+            v["hosts"],
+            serde_json::json!([
+                {"name": "api.example.com", "pattern": "api.example.com", "policy": "fetcher-hostnames", "rule": "api"},
+                {"name": "edge.cdn.example.net", "pattern": "*.cdn.example.net", "policy": "fetcher-hostnames", "rule": "api"}
+            ]),
+            "{v}"
+        );
+        assert_eq!(
+            v["names"],
+            serde_json::json!(["api.example.com", "edge.cdn.example.net"])
+        );
+        // A CNAME into a denied zone: deny wins across names.
+        a.host.push("x.tracker.example.net".into());
+        a.json = false;
+        let mut out = Vec::new();
+        run_to(&a, &mut out).expect("valid test input");
+        let text = String::from_utf8(out).expect("valid test input");
+        assert!(
+            text.starts_with("verdict: deny by fetcher-hostnames/no-tracking")
+                && text.contains(
+                    "name x.tracker.example.net matches host `*.tracker.example.net` of fetcher-hostnames/no-tracking"
+                ),
+            "{text}"
+        );
+        a.host = vec!["cdn.example.net".into()];
+        a.json = true;
+        let v = json(&a);
+        assert_eq!(
+            v["rule"], "default",
+            "a wildcard does not match its base: {v}"
+        );
+        assert!(v.get("hosts").is_none(), "{v}");
+        a.port = 53;
+        a.host = Vec::new();
+        let v = json(&a);
+        assert_eq!(v["rule"], "dns-other-resolvers", "{v}");
+        a.host = vec!["a..b".into()];
+        assert!(run_to(&a, &mut Vec::new()).is_err(), "not a name");
+        a.host = vec!["api.example.com".into()];
+        a.policy = Vec::new();
+        assert!(
+            run_to(&a, &mut Vec::new()).is_err(),
+            "--host needs --policy"
         );
     }
 

@@ -7,8 +7,11 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use egress_common::dns::{HOST_KEY_BYTES, NameClassKey, NameSetId, host_key};
 use egress_common::keys::{PORT_KEY_FULL_BITS, addr4_data, addr6_data, port_data};
-use egress_common::{ANY_UID, Decision, PortData, ScopeKey, ScopeValue, verdict};
+use egress_common::{
+    ANY_UID, Decision, PARITY_BIT, PortData, ScopeKey, ScopeValue, config_flags, verdict,
+};
 
 use super::Compiled;
 use crate::policy::{IPPROTO_TCP, IPPROTO_UDP};
@@ -51,6 +54,10 @@ impl<const N: usize, V: Copy> Lpm<N, V> {
 /// The maps of one compiled generation, indexed for lookups.
 pub struct MapSim {
     parity: u32,
+    flags: u32,
+    /// `HOSTNAMES`: the key's bytes up to its prefix length (parity byte included) → set.
+    hostnames: HashMap<Vec<u8>, NameSetId>,
+    name_classes: HashMap<NameClassKey, u32>,
     cgroups: HashMap<String, u32>,
     scopes: HashMap<ScopeKey, ScopeValue>,
     addr4: Lpm<8, u32>,
@@ -60,8 +67,16 @@ pub struct MapSim {
 
 impl MapSim {
     pub fn new(compiled: &Compiled) -> Self {
+        let hostnames = compiled
+            .hostnames
+            .iter()
+            .map(|(bits, data, set)| (data[..(*bits / 8) as usize].to_vec(), *set))
+            .collect();
         Self {
             parity: compiled.parity,
+            flags: compiled.flags,
+            hostnames,
+            name_classes: compiled.name_classes.iter().copied().collect(),
             cgroups: compiled.cgroups.iter().cloned().collect(),
             scopes: compiled.scopes.iter().copied().collect(),
             addr4: Lpm::new(compiled.addr4.iter()),
@@ -71,13 +86,75 @@ impl MapSim {
     }
 
     /// The kernel's decision for a packet of the workload in `cgroup` (path relative to the
-    /// cgroup2 root) owned by `uid`.
+    /// cgroup2 root) owned by `uid`, to an address it learned no names for.
     pub fn decide(&self, cgroup: &str, uid: u32, dst: IpAddr, protocol: u8, port: u16) -> Decision {
+        self.decide_named(cgroup, uid, dst, &[], protocol, port)
+    }
+
+    /// The kernel's decision for a packet to `dst` when the workload's cgroup learned `dst`
+    /// for `names` (the learned entry holds [`Self::name_sets`] of them): the address
+    /// decision, merged with the port decision of the name class of each set.
+    pub fn decide_named(
+        &self,
+        cgroup: &str,
+        uid: u32,
+        dst: IpAddr,
+        names: &[String],
+        protocol: u8,
+        port: u16,
+    ) -> Decision {
         let Some(scope) = self.scope(cgroup, uid) else {
             return Decision::UNGOVERNED;
         };
-        self.lookup(scope.scope, dst, protocol, port)
-            .unwrap_or(scope.default)
+        let mut decision = self
+            .lookup(scope.scope, dst, protocol, port)
+            .unwrap_or(scope.default);
+        if self.flags & config_flags::HOSTS == 0 {
+            return decision;
+        }
+        for set in self.name_sets(names) {
+            let key = NameClassKey {
+                scope: scope.scope,
+                _pad: 0,
+                set,
+            };
+            let Some(class) = self.name_classes.get(&key) else {
+                continue;
+            };
+            if let Some(named) = self.port_lookup(*class, protocol, port) {
+                decision = decision.merge(named, scope.flags);
+            }
+        }
+        decision
+    }
+
+    /// The sets a learned entry holds for `names`, as the kernel computes them from a DNS
+    /// answer: each name's `HOSTNAMES` set by longest prefix, without 0 and repeats, in
+    /// order. Names the kernel could not key (an empty label, too long) have none.
+    pub fn name_sets(&self, names: &[String]) -> Vec<NameSetId> {
+        let mut sets = Vec::new();
+        for name in names {
+            let set = self.hostname_set(name);
+            if set != 0 && !sets.contains(&set) {
+                sets.push(set);
+            }
+        }
+        sets
+    }
+
+    /// Longest-prefix match of `name`'s key in `HOSTNAMES`, byte by byte; 0 on a miss.
+    fn hostname_set(&self, name: &str) -> NameSetId {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let mut data = [0u8; HOST_KEY_BYTES];
+        let parity_byte = u8::from(self.parity == PARITY_BIT);
+        let Some(used) = host_key(parity_byte, name.split('.').map(str::as_bytes), &mut data)
+        else {
+            return 0;
+        };
+        (1..=used)
+            .rev()
+            .find_map(|len| self.hostnames.get(&data[..len]).copied())
+            .unwrap_or(0)
     }
 
     /// The ingress program's decision for a packet that starts a new inbound connection or
@@ -129,12 +206,17 @@ impl MapSim {
             IpAddr::V4(v4) => self.addr4.lookup(addr4_data(scope, v4.octets()), 64),
             IpAddr::V6(v6) => self.addr6.lookup(addr6_data(scope, v6.octets()), 160),
         }?;
+        self.port_lookup(addr_class, protocol, port)
+    }
+
+    /// Step 5: the `PORTS` entry of an address or name class; `None` on a miss.
+    fn port_lookup(&self, class: u32, protocol: u8, port: u16) -> Option<Decision> {
         let port = if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {
             port
         } else {
             0
         };
-        let data: PortData = port_data(addr_class, protocol, port);
+        let data: PortData = port_data(class, protocol, port);
         self.ports.lookup(data, PORT_KEY_FULL_BITS)
     }
 }
@@ -149,6 +231,19 @@ pub fn decide(
     port: u16,
 ) -> Decision {
     MapSim::new(compiled).decide(cgroup_path, uid, dst, protocol, port)
+}
+
+/// [`MapSim::decide_named`] on freshly indexed maps.
+pub fn decide_named(
+    compiled: &Compiled,
+    cgroup_path: &str,
+    uid: u32,
+    dst: IpAddr,
+    names: &[String],
+    protocol: u8,
+    port: u16,
+) -> Decision {
+    MapSim::new(compiled).decide_named(cgroup_path, uid, dst, names, protocol, port)
 }
 
 /// [`MapSim::decide_ingress`] on freshly indexed maps.

@@ -5,6 +5,11 @@
 //! in this module replay random packets through [`mapsim`] and the evaluator and compare.
 
 mod addr;
+#[cfg(test)]
+mod host_proptests;
+#[cfg(test)]
+mod host_tests;
+mod hosts;
 pub mod mapsim;
 mod ports;
 #[cfg(test)]
@@ -16,6 +21,7 @@ mod tests;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::Hash;
 
+use egress_common::dns::{HostKeyData, NameClassKey, NameSetId};
 use egress_common::keys::{addr4_data, addr6_data};
 use egress_common::{
     Addr4Data, Addr6Data, Decision, PARITY_BIT, PortData, ScopeKey, ScopeValue, config_flags,
@@ -23,6 +29,7 @@ use egress_common::{
 
 use crate::eval::{decision_for, ingress_decision_for};
 use crate::policy::{Family, PodSelector, Policy, PolicySet, Rule, RuleInfo, Selector};
+pub use hosts::name_set_id;
 use scopes::{DistinctScope, scopes};
 
 /// Where the loader found each systemd unit and each pod selector named in a selector.
@@ -61,6 +68,10 @@ pub enum CompileError {
     BadParity(u32),
     #[error("too many {0}: compiled ids must stay below 2^31")]
     IdsExhausted(&'static str),
+    #[error("host `{0}` is not a name the kernel can match")]
+    InvalidHost(String),
+    #[error("two different sets of host patterns have the same id {0:#x}; rename a host pattern")]
+    NameSetCollision(NameSetId),
 }
 
 /// Sizes of a compiled policy, for summaries.
@@ -75,6 +86,10 @@ pub struct Summary {
     /// Distinct ingress scopes (sets of applicable policies that restrict inbound traffic).
     pub ingress_scopes: usize,
     pub ports: usize,
+    /// Entries of the host name trie.
+    pub hostnames: usize,
+    /// (scope, name set) entries.
+    pub name_classes: usize,
 }
 
 /// Map-ready output of [`compile`]. Every id carries the parity bit.
@@ -91,6 +106,12 @@ pub struct Compiled {
     pub addr6: Vec<(u32, Addr6Data, u32)>,
     /// (prefix length including class and protocol bits, key data, decision).
     pub ports: Vec<(u32, PortData, Decision)>,
+    /// `HOSTNAMES`: (prefix length in bits, parity byte included; key data; name set id,
+    /// 0 for "no set").
+    pub hostnames: Vec<(u32, HostKeyData, NameSetId)>,
+    /// `NAME_CLASSES`: (egress scope with parity, name set) to the class (with parity) whose
+    /// `PORTS` entries decide packets to addresses learned for names of the set.
+    pub name_classes: Vec<(NameClassKey, u32)>,
     pub rules: Vec<RuleInfo>,
     pub summary: Summary,
 }
@@ -168,6 +189,7 @@ pub fn compile(
     if all.iter().any(Policy::restricts_inbound) {
         out.flags |= config_flags::INGRESS;
     }
+    let hosts = hosts::index(all, &mut out)?;
     let classes = cgroup_classes(all, cgroups, parity, &mut out)?;
     let distinct = scopes(all, &classes, parity, &mut out)?;
 
@@ -183,7 +205,7 @@ pub fn compile(
     // them the address classes, of the two directions never collide.
     let mut addr_classes: Interner<(u32, Vec<u32>)> = Interner::new(1, "address classes");
     for scope in &distinct {
-        emit_scope(all, scope, &by_id, &mut addr_classes, &mut out)?;
+        emit_scope(all, scope, &by_id, &hosts, &mut addr_classes, &mut out)?;
     }
     out.summary = Summary {
         policies: all.len(),
@@ -193,16 +215,19 @@ pub fn compile(
         scopes: distinct.iter().filter(|s| !s.ingress).count(),
         ingress_scopes: distinct.iter().filter(|s| s.ingress).count(),
         ports: out.ports.len(),
+        hostnames: out.hostnames.len(),
+        name_classes: out.name_classes.len(),
     };
     Ok(out)
 }
 
 /// The address and port entries of one scope: egress rules by destination, or ingress rules
-/// by source.
+/// by source; and the name classes of an egress scope.
 fn emit_scope(
     all: &[Policy],
     scope: &DistinctScope,
     by_id: &[Option<&Rule>],
+    hosts: &hosts::HostIndex,
     addr_classes: &mut Interner<(u32, Vec<u32>)>,
     out: &mut Compiled,
 ) -> Result<(), CompileError> {
@@ -248,11 +273,14 @@ fn emit_scope(
             }
         }
     }
+    if !scope.ingress {
+        hosts::emit_name_classes(hosts, scope.id, &rules, &decide, addr_classes, out)?;
+    }
     Ok(())
 }
 
-/// Cgroup classes: for each selected path, the policies whose cgroup part selects it.
-/// Returns the classes (id without parity, member policy indexes); class 0 selects nothing.
+/// Cgroup classes: for each selected or excluded path, the policies whose cgroup part selects
+/// it. Returns the classes (id without parity, member policy indexes); class 0 selects nothing.
 fn cgroup_classes(
     all: &[Policy],
     resolution: &CgroupResolution,
@@ -260,26 +288,21 @@ fn cgroup_classes(
     out: &mut Compiled,
 ) -> Result<Vec<(u32, Vec<usize>)>, CompileError> {
     let mut paths = BTreeSet::new();
+    let normalized = |p: &String| Some(p.trim_end_matches('/').to_string()).filter(|p| !p.is_empty());
     for selector in all.iter().map(|p| &p.selector) {
         paths.extend(selector.cgroups.iter().cloned());
+        // An excluded path must be listed: the kernel uses the deepest listed ancestor, which
+        // would otherwise be the selected path above it.
+        paths.extend(selector.excluded.iter().filter_map(normalized));
         for unit in &selector.units {
-            let found = resolution.paths(unit).iter();
-            paths.extend(
-                found
-                    .map(|p| p.trim_end_matches('/').to_string())
-                    .filter(|p| !p.is_empty()),
-            );
+            paths.extend(resolution.paths(unit).iter().filter_map(normalized));
         }
-        paths.extend(
-            resolution
-                .pod_paths(selector)
-                .iter()
-                .map(|p| p.trim_end_matches('/').to_string())
-                .filter(|p| !p.is_empty()),
-        );
+        paths.extend(resolution.pod_paths(selector).iter().filter_map(normalized));
     }
     let mut classes = vec![(0, Vec::new())];
     let mut interner: Interner<Vec<usize>> = Interner::new(1, "cgroup classes");
+    // Class (without parity) of each listed path; ancestors sort before their descendants.
+    let mut listed: HashMap<String, u32> = HashMap::new();
     for path in paths {
         let members: Vec<usize> = (0..all.len())
             .filter(|i| {
@@ -287,16 +310,34 @@ fn cgroup_classes(
                     && resolution.matches_cgroup(&all[*i].selector, &path)
             })
             .collect();
-        // Selection only grows with depth, so an empty class has no selected ancestor either
-        // and the kernel's "no entry" (class 0) says the same.
-        if members.is_empty() {
+        // An empty class needs no entry unless a listed ancestor has a class (an exclusion
+        // below a selected path): the kernel's "no entry" (class 0) says the same.
+        if members.is_empty() && inherited_class(&listed, &path) == 0 {
             continue;
         }
-        let (id, new) = interner.intern(members.clone())?;
-        if new {
-            classes.push((id, members));
-        }
+        let id = if members.is_empty() {
+            0
+        } else {
+            let (id, new) = interner.intern(members.clone())?;
+            if new {
+                classes.push((id, members));
+            }
+            id
+        };
+        listed.insert(path.clone(), id);
         out.cgroups.push((path, id | parity));
     }
     Ok(classes)
+}
+
+/// The class of `path`'s deepest listed proper ancestor, as the kernel would find it; 0 if none.
+fn inherited_class(listed: &HashMap<String, u32>, path: &str) -> u32 {
+    let mut ancestor = path;
+    while let Some((parent, _)) = ancestor.rsplit_once('/') {
+        if let Some(class) = listed.get(parent) {
+            return *class;
+        }
+        ancestor = parent;
+    }
+    0
 }

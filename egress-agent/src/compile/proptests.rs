@@ -15,7 +15,7 @@ use crate::policy::{
     Prefix, Protocol, Rule, Selector,
 };
 
-const CGROUPS: &[&str] = &[
+pub(super) const CGROUPS: &[&str] = &[
     "/",
     "/a",
     "/a/b",
@@ -27,9 +27,9 @@ const CGROUPS: &[&str] = &[
     "/a/u.service/z",
     "/d",
 ];
-const UIDS: &[u32] = &[0, 1000, 1001];
-const PORTS: &[u16] = &[1, 52, 53, 54, 80, 443, 444, 8000, 8100, 65535];
-const PROTOCOLS: &[u8] = &[6, 17, 1, 58, 47, 0];
+pub(super) const UIDS: &[u32] = &[0, 1000, 1001];
+pub(super) const PORTS: &[u16] = &[1, 52, 53, 54, 80, 443, 444, 8000, 8100, 65535];
+pub(super) const PROTOCOLS: &[u8] = &[6, 17, 1, 58, 47, 0];
 const V4_SEEDS: &[u32] = &[
     0x0a00_0000,
     0x0a01_0000,
@@ -92,7 +92,7 @@ fn inside(outer: Prefix, noise: u128, extra: u8) -> Prefix {
     }
 }
 
-fn destination() -> impl Strategy<Value = Destination> {
+pub(super) fn destination() -> impl Strategy<Value = Destination> {
     let cidr = (
         prefix(),
         prop::collection::vec((any::<u128>(), 0u8..12), 0..3),
@@ -131,15 +131,11 @@ fn ports() -> impl Strategy<Value = Option<Vec<PortRange>>> {
     prop::option::weighted(0.5, prop::collection::vec(range, 1..3))
 }
 
-fn rule() -> impl Strategy<Value = Rule> {
-    rule_with(destination().boxed())
-}
-
 fn ingress_rule() -> impl Strategy<Value = Rule> {
     rule_with(source().boxed())
 }
 
-fn rule_with(peer: BoxedStrategy<Destination>) -> impl Strategy<Value = Rule> {
+pub(super) fn rule_with(peer: BoxedStrategy<Destination>) -> impl Strategy<Value = Rule> {
     let protocol = prop::sample::select(
         &[
             Protocol::Tcp,
@@ -178,16 +174,21 @@ fn selector() -> impl Strategy<Value = Selector> {
     let units = prop::option::weighted(0.2, Just(vec!["u.service".to_string()]));
     let uids = prop::option::weighted(0.3, prop::sample::subsequence(&[1000u32, 1001][..], 1..=2));
     let pods = prop::option::weighted(0.3, 0..POD_SELECTORS);
-    (cgroups, units, uids, pods).prop_map(|(c, units, uids, pods)| Selector {
+    // Below selected paths, unit paths and pod paths alike (see `resolution`).
+    let excluded = prop::option::weighted(
+        0.3,
+        prop::sample::subsequence(&["/a/b", "/a/u.service", "/d"][..], 1..=2),
+    );
+    (cgroups, units, uids, pods, excluded).prop_map(|(c, units, uids, pods, excluded)| Selector {
         cgroups: c.map_or_else(Vec::new, |c| c.into_iter().map(String::from).collect()),
         units: units.unwrap_or_default(),
         uids: uids.unwrap_or_default(),
         pods: pods.map(pod_selector),
+        excluded: excluded.map_or_else(Vec::new, |e| e.into_iter().map(String::from).collect()),
     })
 }
 
-/// Pod selectors the tests draw from: 0 and 1 resolve (see [`check`]), 2 resolves to no path,
-/// 3 is unresolved.
+/// Pod selectors the tests draw from (see [`resolution`]).
 const POD_SELECTORS: usize = 4;
 
 fn pod_selector(i: usize) -> PodSelector {
@@ -197,13 +198,14 @@ fn pod_selector(i: usize) -> PodSelector {
     }
 }
 
-fn policy() -> impl Strategy<Value = Policy> {
+/// A policy whose egress rules are drawn from `rule`.
+fn policy(rule: BoxedStrategy<Rule>) -> impl Strategy<Value = Policy> {
     (
         selector(),
         any::<bool>(),
         any::<bool>(),
         prop::sample::select(&[LogMode::All, LogMode::Deny, LogMode::None][..]),
-        prop::collection::vec(rule(), 0..5),
+        prop::collection::vec(rule, 0..5),
         prop::bool::weighted(0.4),
         prop::option::weighted(0.5, prop::collection::vec(ingress_rule(), 1..4)),
     )
@@ -234,7 +236,12 @@ fn policy() -> impl Strategy<Value = Policy> {
 }
 
 fn policy_set() -> impl Strategy<Value = PolicySet> {
-    prop::collection::vec(policy(), 1..=4).prop_map(|mut list| {
+    policy_set_with(rule_with(destination().boxed()).boxed())
+}
+
+/// One to four policies with egress rules drawn from `rule`.
+pub(super) fn policy_set_with(rule: BoxedStrategy<Rule>) -> impl Strategy<Value = PolicySet> {
+    prop::collection::vec(policy(rule), 1..=4).prop_map(|mut list| {
         // Reverse names so that sorting reorders them.
         let n = list.len();
         for (i, p) in list.iter_mut().enumerate() {
@@ -245,10 +252,10 @@ fn policy_set() -> impl Strategy<Value = PolicySet> {
 }
 
 /// SplitMix64: packets are drawn from a seed so one case checks many of them cheaply.
-struct Rng(u64);
+pub(super) struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -256,12 +263,12 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+    pub(super) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[(self.next() % items.len() as u64) as usize]
     }
 }
 
-fn address(rng: &mut Rng, prefixes: &[Prefix]) -> IpAddr {
+pub(super) fn address(rng: &mut Rng, prefixes: &[Prefix]) -> IpAddr {
     let p = if !prefixes.is_empty() && !rng.next().is_multiple_of(4) {
         let p = rng.pick(prefixes);
         match rng.next() % 4 {
@@ -293,7 +300,9 @@ fn address(rng: &mut Rng, prefixes: &[Prefix]) -> IpAddr {
     }
 }
 
-fn check(set: &PolicySet, seed: u64, packets: usize, parity: bool) -> Result<(), TestCaseError> {
+/// Where the tests' units and pod selectors are: 0 and 1 resolve, 2 resolves to no path,
+/// 3 is unresolved.
+pub(super) fn resolution() -> CgroupResolution {
     let mut resolution = CgroupResolution::default();
     resolution.units.insert(
         "u.service".into(),
@@ -306,6 +315,27 @@ fn check(set: &PolicySet, seed: u64, packets: usize, parity: bool) -> Result<(),
         .pods
         .insert(pod_selector(1), vec!["/a/u.service".into(), "/cc".into()]);
     resolution.pods.insert(pod_selector(2), Vec::new());
+    resolution
+}
+
+/// The prefixes (and excepts) the rules of both directions name: addresses worth drawing.
+pub(super) fn named_prefixes(set: &PolicySet) -> Vec<Prefix> {
+    let mut prefixes = Vec::new();
+    for rule in set
+        .policies
+        .iter()
+        .flat_map(|p| p.rules.iter().chain(&p.ingress))
+    {
+        rule.for_each_prefix(|p, except| {
+            prefixes.push(*p);
+            prefixes.extend_from_slice(except);
+        });
+    }
+    prefixes
+}
+
+fn check(set: &PolicySet, seed: u64, packets: usize, parity: bool) -> Result<(), TestCaseError> {
+    let resolution = resolution();
     let parity = if parity { PARITY_BIT } else { 0 };
     let compiled =
         compile(set, &resolution, parity).map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -322,17 +352,7 @@ fn check(set: &PolicySet, seed: u64, packets: usize, parity: bool) -> Result<(),
         }
     }
     let sim = MapSim::new(&compiled);
-    let mut prefixes = Vec::new();
-    for rule in set
-        .policies
-        .iter()
-        .flat_map(|p| p.rules.iter().chain(&p.ingress))
-    {
-        rule.for_each_prefix(|p, except| {
-            prefixes.push(*p);
-            prefixes.extend_from_slice(except);
-        });
-    }
+    let prefixes = named_prefixes(set);
     let mut rng = Rng(seed);
     for _ in 0..packets {
         let cgroup = rng.pick(CGROUPS);

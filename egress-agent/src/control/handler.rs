@@ -259,11 +259,12 @@ fn explain(enforcer: &Enforcer, params: &ExplainParams) -> Result<Explained, Str
         to,
         protocol,
         port,
+        names,
     } = params;
     let set = enforcer
         .active_policies()
         .ok_or("no policy is in force yet")?;
-    let explanation = eval::explain(set, cgroup, *uid, *to, *protocol, *port);
+    let explanation = eval::explain_named(set, cgroup, *uid, *to, names, *protocol, *port);
     let mut text = Vec::new();
     crate::cli::explain::write_text(&mut text, set, &explanation).map_err(|e| e.to_string())?;
     Ok(Explained {

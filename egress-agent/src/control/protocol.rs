@@ -57,6 +57,9 @@ pub struct ExplainParams {
     pub to: IpAddr,
     pub protocol: u8,
     pub port: u16,
+    /// Names the destination was learned for (`egress explain --host`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

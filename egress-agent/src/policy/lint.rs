@@ -34,16 +34,22 @@ pub(crate) fn warnings(set: &PolicySet) -> Vec<Warning> {
                 ),
             );
         }
-        for (i, rule) in policy.rules.iter().enumerate() {
-            for (k, dest) in rule.to.iter().enumerate() {
-                if let Destination::Host(host) = dest {
-                    warn(
-                        Target::ToEntry(i, k),
-                        format!(
-                            "host `{host}` is ignored: hostname enforcement is not available yet"
-                        ),
-                    );
-                }
+        if policy.default_action == Action::Deny && !allows_dns(policy) {
+            // One warning per policy, at its first host entry: the others say the same.
+            let first_host = policy.rules.iter().enumerate().find_map(|(i, rule)| {
+                rule.to
+                    .iter()
+                    .position(|d| matches!(d, Destination::Host(_)))
+                    .map(|k| (i, k))
+            });
+            if let Some((i, k)) = first_host {
+                warn(
+                    Target::ToEntry(i, k),
+                    format!(
+                        "host rules match only addresses learned from DNS answers, and policy `{}` allows no DNS (port 53): workloads need DNS to learn names",
+                        policy.name
+                    ),
+                );
             }
         }
         if policy.rules.len() <= MAX_RULES_FOR_SHADOWING {

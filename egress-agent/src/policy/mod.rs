@@ -2,7 +2,11 @@
 //!
 //! See `docs/policy.md` for the format and the semantics that [`crate::eval`] implements.
 
+mod dns;
 mod error;
+pub mod host;
+#[cfg(test)]
+mod host_tests;
 mod lint;
 mod load;
 pub mod net;
@@ -19,6 +23,7 @@ mod tests;
 use std::net::IpAddr;
 
 pub use error::{Diagnostic, LoadError, Location};
+pub use host::{canonical_name, host_matches};
 pub use load::{load, load_paths, parse_str, source_files};
 pub use net::{Entity, Family, Prefix};
 pub use pods::{LabelOperator, LabelRequirement, PodSelector};
@@ -92,6 +97,12 @@ pub struct Selector {
     /// Kubernetes pods; they select the cgroup paths the agent resolves for them, and nothing
     /// where there is no resolution (outside `--kubernetes`, or no matching pod on the node).
     pub pods: Option<PodSelector>,
+    /// Cgroup paths (normalized) that the selector does not select, nor anything below them,
+    /// whatever else holds. Never read from a policy document (not part of the schema): the
+    /// agent sets it on policies it makes itself, such as Kubernetes mode's policy for pods it
+    /// does not know yet, which leaves out the pods it knows. Only honoured beside a cgroup,
+    /// unit or pod condition ([`Self::selects_cgroups`]).
+    pub excluded: Vec<String>,
 }
 
 impl Selector {
@@ -107,8 +118,13 @@ impl Selector {
     }
 
     /// The cgroup part of the selector holds for `path` when the pod selector (if any) has
-    /// resolved to `pod_paths`; a path selects itself and its descendants.
+    /// resolved to `pod_paths`; a path selects itself and its descendants, and an
+    /// [excluded](Self::excluded) path deselects itself and its descendants.
     pub fn matches_cgroup_with(&self, path: &str, pod_paths: &[String]) -> bool {
+        // Exclusions narrow a cgroup selection; with none to narrow, the policy is global.
+        if self.selects_cgroups() && self.is_excluded(path) {
+            return false;
+        }
         let cgroup_ok =
             self.cgroups.is_empty() || self.cgroups.iter().any(|c| path_is_below(path, c));
         let unit_ok = self.units.is_empty()
@@ -117,6 +133,11 @@ impl Selector {
                 .any(|part| self.units.iter().any(|u| u == part));
         let pod_ok = self.pods.is_none() || pod_paths.iter().any(|p| path_is_below(path, p));
         cgroup_ok && unit_ok && pod_ok
+    }
+
+    /// Whether `path` is, or lies below, one of the [excluded](Self::excluded) paths.
+    pub fn is_excluded(&self, path: &str) -> bool {
+        self.excluded.iter().any(|e| path_is_below(path, e))
     }
 
     pub fn matches_uid(&self, uid: u32) -> bool {
@@ -146,7 +167,9 @@ pub enum Destination {
         except: Vec<Prefix>,
     },
     Entity(Entity),
-    /// Validated but not enforced yet.
+    /// A host pattern: an exact name or `*.` and a base name, canonical (lowercase, no
+    /// trailing dot) when loaded. It holds the addresses the workload learned from DNS
+    /// answers for names it matches ([`host_matches`]).
     Host(String),
 }
 
@@ -202,8 +225,30 @@ impl Rule {
         }
     }
 
+    /// The rule's host patterns.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.to.iter().filter_map(|d| match d {
+            Destination::Host(pattern) => Some(pattern.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Whether one of the rule's host patterns matches one of `names`.
+    pub fn matches_names(&self, names: &[String]) -> bool {
+        self.hosts()
+            .any(|pattern| names.iter().any(|name| host_matches(pattern, name)))
+    }
+
+    /// The rule matches a packet to `ip` whose names (see [`Self::matches_named`]) are none.
     pub fn matches(&self, ip: IpAddr, protocol: u8, port: u16) -> bool {
-        self.matches_protocol(protocol, port) && self.matches_ip(ip)
+        self.matches_named(ip, &[], protocol, port)
+    }
+
+    /// The rule matches a packet to `ip`, an address the workload learned for `names`: its
+    /// protocol and ports admit the packet, and its address entries hold `ip` or one of its
+    /// host patterns matches one of the names.
+    pub fn matches_named(&self, ip: IpAddr, names: &[String], protocol: u8, port: u16) -> bool {
+        self.matches_protocol(protocol, port) && (self.matches_ip(ip) || self.matches_names(names))
     }
 }
 
@@ -226,6 +271,11 @@ pub struct Policy {
     /// [restricts inbound traffic](Self::restricts_inbound).
     pub inbound_default_id: u32,
 }
+
+/// Name of the rule `spec.dns.resolvers` adds to allow DNS to the resolvers.
+pub const DNS_RESOLVERS: &str = "dns-resolvers";
+/// Name of the rule `spec.dns.resolvers` adds to deny DNS to every other address.
+pub const DNS_OTHER_RESOLVERS: &str = "dns-other-resolvers";
 
 /// Rule name of a policy's inbound default in the rule table (`<policy>/inbound-default`).
 pub const INBOUND_DEFAULT: &str = "inbound-default";

@@ -13,7 +13,7 @@ use super::raw_ingress::RawIngressRule;
 use super::raw_pods::RawPods;
 use super::scalar::{
     ApiVersion, CgroupPath, HostName, Kind, PolicyName, PortItem, PrefixDe, RuleName, Uid,
-    UnitName, rejected, unsupported,
+    UnitName, rejected,
 };
 use super::{Action, Destination, Entity, LogMode, Mode, Policy, Protocol, Rule, Selector};
 
@@ -131,9 +131,6 @@ fn from_in_egress<'de, D: Deserializer<'de>>(d: D) -> Result<Option<()>, D::Erro
         "egress rules match destinations: use `to:` instead of `from:` (or move the rule under `spec.ingress`)".into(),
     )
 }
-fn dns<'de, D: Deserializer<'de>>(d: D) -> Result<Option<()>, D::Error> {
-    unsupported(d, "spec.dns")
-}
 
 // Doc comments on these types become the CRD's descriptions (`kubernetes::crd`).
 
@@ -157,10 +154,16 @@ pub(crate) struct RawSpec {
     /// Rules for new inbound connections by source and local port; a matching deny beats
     /// any allow.
     ingress: Option<Vec<Valid<RawIngressRule>>>,
-    #[serde(default, deserialize_with = "dns")]
-    #[schemars(skip)]
-    #[expect(dead_code, reason = "present only to reject the key")]
-    dns: Option<()>,
+    /// The workloads' DNS resolvers: adds the rules `dns-resolvers` (allow port 53 to them)
+    /// and `dns-other-resolvers` (deny port 53 to any other address).
+    dns: Option<RawDns>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    /// Addresses or CIDR prefixes of the resolvers the workloads may ask.
+    resolvers: NonEmpty<PrefixDe>,
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -308,19 +311,25 @@ impl RawDocument {
                 .uids
                 .map_or_else(Vec::new, |l| l.0.into_iter().map(|u| u.0).collect()),
             pods: s.pods.map(|p| p.0),
+            excluded: Vec::new(),
         });
+        let mut rules: Vec<Rule> = spec
+            .egress
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        if let Some(dns) = spec.dns {
+            let resolvers: Vec<super::Prefix> = dns.resolvers.0.into_iter().map(|p| p.0).collect();
+            rules.extend(super::dns::resolver_rules(&resolvers));
+        }
         Policy {
             name: self.metadata.name.0,
             selector,
             mode: spec.mode.unwrap_or_default(),
             default_action: spec.default_action.unwrap_or_default(),
             log: spec.log.unwrap_or_default(),
-            rules: spec
-                .egress
-                .unwrap_or_default()
-                .into_iter()
-                .map(|r| r.0)
-                .collect(),
+            rules,
             default_id: 0,
             inbound: spec.inbound.unwrap_or_default(),
             ingress: spec

@@ -98,6 +98,11 @@ parsed_string!(RuleName, String, "a rule name", |s: &str| {
             "rule name `inbound-default` is reserved for the policy's inbound default".into(),
         );
     }
+    if name == super::DNS_RESOLVERS || name == super::DNS_OTHER_RESOLVERS {
+        return Err(format!(
+            "rule name `{name}` is reserved for the rules `spec.dns.resolvers` adds"
+        ));
+    }
     Ok(name)
 });
 parsed_string!(HostName, String, "a host name", host_name);
@@ -151,8 +156,10 @@ fn dns_label(s: &str, what: &str) -> Result<String, String> {
     }
 }
 
+/// A host pattern, stored canonical: lowercase, without the trailing dot a fully qualified
+/// name may carry (the kernel matches names without it).
 fn host_name(s: &str) -> Result<String, String> {
-    let lower = s.to_ascii_lowercase();
+    let lower = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
     let body = lower.strip_prefix("*.").unwrap_or(&lower);
     let label_ok = |l: &str| {
         !l.is_empty()
@@ -316,14 +323,6 @@ fn port_range(s: &str) -> Result<PortRange, String> {
         ));
     }
     Ok(PortRange { first, last })
-}
-
-/// A key the format reserves but does not implement: rejected wherever it appears.
-pub(crate) fn unsupported<'de, D: Deserializer<'de>>(
-    d: D,
-    key: &'static str,
-) -> Result<Option<()>, D::Error> {
-    rejected(d, format!("`{key}` is not supported yet"))
 }
 
 /// A key that does not belong where it is written: rejected with `message`, whatever its
