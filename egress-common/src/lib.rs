@@ -70,9 +70,12 @@ pub mod maps {
     pub const DNS_CONFIG: &str = "EGRESS_DNS_CONFIG";
     /// `RingBuf` of DNS answers ([`crate::dns::DnsEventHeader`] + message).
     pub const DNS_EVENTS: &str = "EGRESS_DNS_EVENTS";
+    /// `ProgramArray`: slot 0 holds [`crate::programs::DNS`], which the ingress program
+    /// tail-calls for DNS answers. Pinned, so that the slot outlives the agent that filled it.
+    pub const DNS_PROGRAM: &str = "EGRESS_DNS_PROGRAM";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         CONFIG,
         CGROUP_CLASSES,
         SCOPES,
@@ -90,6 +93,7 @@ pub mod maps {
         LEARNED,
         DNS_CONFIG,
         DNS_EVENTS,
+        DNS_PROGRAM,
     ];
 }
 
@@ -108,6 +112,9 @@ pub mod programs {
     /// `cgroup/sendmsg4` and `sendmsg6`: the same for unconnected `sendto()`/`sendmsg()`.
     pub const SENDMSG4: &str = "egress_sendmsg4";
     pub const SENDMSG6: &str = "egress_sendmsg6";
+    /// `cgroup_skb/ingress`, never attached: reads DNS answers, reached by tail call from
+    /// [`INGRESS`] through [`crate::maps::DNS_PROGRAM`].
+    pub const DNS: &str = "egress_dns_skb";
 }
 
 /// Name of the egress program in the object file.

@@ -7,7 +7,10 @@ use egress_common::{
     keys::{self, ID_BITS, PORT_KEY_FULL_BITS},
 };
 
-use crate::maps::{EGRESS_ADDR4, EGRESS_ADDR6, EGRESS_PORTS};
+use crate::{
+    maps::{EGRESS_ADDR4, EGRESS_ADDR6, EGRESS_PORTS},
+    names,
+};
 
 /// Where a packet or call is going.
 pub struct Destination {
@@ -20,9 +23,16 @@ pub struct Destination {
     pub port: u16,
 }
 
-/// The egress decision for a packet or call to `to`.
-pub fn decide(scope: &ScopeValue, to: &Destination) -> Decision {
-    decide_in(scope.scope, &scope.default, to)
+/// The egress decision for a packet or call to `to`. `names_of`: the cgroup whose learned
+/// names count, or 0 when no policy has host rules. (Not an `Option`: a `None` passed to a
+/// function the compiler keeps out of line leaves its payload register unset, and the
+/// verifier rejects reading an unset register.)
+pub fn decide(scope: &ScopeValue, to: &Destination, names_of: u64) -> Decision {
+    let by_address = decide_in(scope.scope, &scope.default, to);
+    if names_of == 0 {
+        return by_address;
+    }
+    names::merge_learned(&by_address, scope, to, names_of)
 }
 
 /// The ingress decision for a new inbound flow: `from` holds the remote (source) address

@@ -17,13 +17,13 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use egress_common::{
-    Decision, Direction, RuntimeConfig, config_flags, counter, event::FlowKey, verdict,
+    Decision, Direction, RuntimeConfig, ScopeValue, config_flags, counter, event::FlowKey, verdict,
 };
 
 use crate::{
     classify::{self, Destination},
-    events,
-    maps::{self, EGRESS_PEERS},
+    dns, dns_program, events,
+    maps::{self, EGRESS_DNS_PROGRAM, EGRESS_PEERS},
     packet::{self, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet},
     scope,
 };
@@ -41,7 +41,14 @@ pub fn egress_ingress_skb(ctx: SkBuffContext) -> i32 {
         events::count(counter::MALFORMED);
         return PASS;
     };
-    if config.generation == 0 || config.flags & config_flags::INGRESS == 0 {
+    if config.generation == 0 {
+        return PASS;
+    }
+    let packet = packet::parse(&ctx);
+    let dns_answer = packet.as_ref().is_some_and(|p| {
+        p.src_port == dns::DNS_PORT && (p.protocol == IPPROTO_UDP || p.protocol == IPPROTO_TCP)
+    });
+    if config.flags & config_flags::INGRESS == 0 && !dns_answer {
         return PASS;
     }
     // SAFETY: the helper reads the skb the kernel passed us.
@@ -49,31 +56,51 @@ pub fn egress_ingress_skb(ctx: SkBuffContext) -> i32 {
     let Some(scope) = scope::lookup(&config, scope::of_skb(&ctx, &config), uid) else {
         return PASS;
     };
-    if scope.ingress_default.verdict == verdict::NONE {
-        return PASS; // no applicable policy restricts inbound traffic
-    }
-    // SAFETY: as above.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(packet) = packet::parse(&ctx) else {
+    // `verdict::NONE`: no applicable policy restricts inbound traffic.
+    let judges_inbound = scope.ingress_default.verdict != verdict::NONE;
+    let Some(packet) = packet else {
+        if !judges_inbound {
+            return PASS;
+        }
         // Unreadable headers: whether it opens a flow is unknown; the inbound default decides.
         events::count(counter::MALFORMED);
         return verdict_of(&scope.ingress_default);
     };
-    if !opens_inbound_flow(&packet, cookie) {
-        return PASS;
+    if judges_inbound {
+        // SAFETY: as above.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if opens_inbound_flow(&packet, cookie) {
+            let decision = classify::decide_inbound(
+                &scope,
+                &Destination {
+                    ip_version: packet.ip_version,
+                    addr: packet.src,
+                    protocol: packet.protocol,
+                    port: packet.dst_port,
+                },
+            );
+            events::hit(&decision, true);
+            report(&ctx, &config, &packet, &decision, cookie);
+            if verdict_of(&decision) == DROP {
+                return DROP;
+            }
+        }
     }
-    let decision = classify::decide_inbound(
-        &scope,
-        &Destination {
-            ip_version: packet.ip_version,
-            addr: packet.src,
-            protocol: packet.protocol,
-            port: packet.dst_port,
-        },
-    );
-    events::hit(&decision, true);
-    report(&ctx, &config, &packet, &decision, cookie);
-    verdict_of(&decision)
+    if dns_answer {
+        return answer_verdict(&ctx, &scope);
+    }
+    PASS
+}
+
+/// A DNS answer goes on to `egress_dns_skb` (`dns_program.rs`) by tail call: the reader is a
+/// program of its own so that the verifier walks it once, from one state, rather than once
+/// for every state in which this program reaches it (it gave up at a million instructions).
+/// The tail call only returns if it failed (the agent has not filled the program array):
+/// the answer is then unread, and dropped for workloads with host rules.
+fn answer_verdict(ctx: &SkBuffContext, scope: &ScopeValue) -> i32 {
+    // SAFETY: a tail call with this program's own context.
+    unsafe { EGRESS_DNS_PROGRAM.tail_call(ctx, 0) };
+    dns_program::unread(scope)
 }
 
 /// Reports a new inbound flow. Not inlined: its temporaries then live in a frame of their

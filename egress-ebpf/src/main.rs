@@ -9,9 +9,12 @@
 #![no_main]
 
 mod classify;
+mod dns;
+mod dns_program;
 mod events;
 mod ingress;
 mod maps;
+mod names;
 mod packet;
 mod process;
 mod scope;
@@ -19,7 +22,7 @@ mod sock_addr;
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{bpf_get_socket_cookie, bpf_get_socket_uid},
+    helpers::generated::{bpf_get_socket_cookie, bpf_get_socket_uid, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -64,6 +67,12 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
             addr: packet.dst,
             protocol: packet.protocol,
             port: packet.dst_port,
+        },
+        if config.flags & config_flags::HOSTS != 0 {
+            // SAFETY: the helper reads the skb the kernel passed us.
+            unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) }
+        } else {
+            0
         },
     );
     // TCP: the SYN that opens a connection is reported; later segments belong to it, unless

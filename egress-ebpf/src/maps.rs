@@ -3,13 +3,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use egress_common::{
     Addr4Data, Addr6Data, CgroupKey, Decision, PortData, RuleHits, RuntimeConfig, ScopeKey,
     ScopeValue, capacity, counter,
+    dns::{DnsConfig, HostKeyData, Learned, LearnedKey, NameClassKey, NameSetId},
     event::{FlowKey, FlowState, SocketOwner},
 };
+
+use crate::{dns::Scratch, names::LookupKeys};
 
 /// One entry: the active generation and its parity. Written last by the agent on every
 /// reload; that single store is what switches policies.
@@ -67,6 +70,46 @@ pub static EGRESS_PEERS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(
 #[map]
 pub static EGRESS_RULE_HITS: PerCpuArray<RuleHits> =
     PerCpuArray::with_max_entries(capacity::RULE_HITS, 0);
+
+/// (parity, reversed lowercase name) → the set of host patterns matching names under that
+/// key, by longest-prefix match (`egress_common::dns::HostKeyData`). Written by the agent.
+#[map]
+pub static EGRESS_HOSTNAMES: LpmTrie<HostKeyData, NameSetId> =
+    LpmTrie::with_max_entries(capacity::HOSTNAMES, 0);
+
+/// (scope, name set) → name class: its `EGRESS_PORTS` entries decide packets to addresses
+/// learned for names of the set. Written by the agent.
+#[map]
+pub static EGRESS_NAME_CLASSES: HashMap<NameClassKey, u32> =
+    HashMap::with_max_entries(capacity::NAME_CLASSES, 0);
+
+/// (cgroup, address) → the name sets it was answered for, and until when. Written by the
+/// ingress program from DNS answers, before they are delivered. LRU: an evicted address is
+/// judged by address rules alone until it is answered again (the agent reports evictions).
+#[map]
+pub static EGRESS_LEARNED: LruHashMap<LearnedKey, Learned> =
+    LruHashMap::with_max_entries(capacity::LEARNED, 0);
+
+/// One entry: TTL grace and cap for learned addresses. Written by the agent at start.
+#[map]
+pub static EGRESS_DNS_CONFIG: Array<DnsConfig> = Array::with_max_entries(1, 0);
+
+/// DNS answers read by the ingress program, for the audit log's names.
+#[map]
+pub static EGRESS_DNS_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::DNS_EVENTS_BYTES, 0);
+
+/// Slot 0: `egress_dns_skb`, the DNS answer reader the ingress program tail-calls. Filled by
+/// the agent after loading.
+#[map]
+pub static EGRESS_DNS_PROGRAM: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Per-CPU working memory of `dns.rs`; not shared with the agent.
+#[map]
+pub static EGRESS_DNS_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU keys of the learned-address lookups of `names.rs`; not shared with the agent.
+#[map]
+pub static EGRESS_NAME_KEYS: PerCpuArray<LookupKeys> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `egress_common::counter`.
 #[map]

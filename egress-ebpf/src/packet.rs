@@ -46,6 +46,8 @@ pub struct Packet {
     pub tcp_syn: bool,
     /// ICMP / ICMPv6 type.
     pub icmp_type: u8,
+    /// Offset of the TCP or UDP payload (0 for other protocols).
+    pub payload_offset: u32,
 }
 
 /// `None` when a governed IP packet's headers cannot be read; non-IP packets never reach a
@@ -69,6 +71,7 @@ fn parse_ipv4(ctx: &SkBuffContext) -> Option<Packet> {
         dst_port: 0,
         tcp_syn: false,
         icmp_type: 0,
+        payload_offset: 0,
     };
     // A non-first fragment carries no transport header: judge it without ports. Its first
     // fragment carried them, and without the first the datagram is never reassembled.
@@ -93,6 +96,7 @@ fn parse_ipv6(ctx: &SkBuffContext) -> Option<Packet> {
         dst_port: 0,
         tcp_syn: false,
         icmp_type: 0,
+        payload_offset: 0,
     };
     let mut offset = Ipv6Hdr::LEN;
     for _ in 0..MAX_IPV6_EXTENSIONS {
@@ -139,11 +143,14 @@ fn read_transport(ctx: &SkBuffContext, offset: usize, packet: &mut Packet) -> Op
             packet.dst_port = u16::from_be_bytes(tcp.dest);
             let flags: u8 = ctx.load(offset + 13).ok()?;
             packet.tcp_syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let data_offset: u8 = ctx.load(offset + 12).ok()?;
+            packet.payload_offset = (offset + usize::from(data_offset >> 4) * 4) as u32;
         }
         IPPROTO_UDP => {
             let udp: UdpHdr = ctx.load(offset).ok()?;
             packet.src_port = u16::from_be_bytes(udp.src);
             packet.dst_port = u16::from_be_bytes(udp.dst);
+            packet.payload_offset = (offset + UdpHdr::LEN) as u32;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             packet.icmp_type = ctx.load(offset).ok()?;

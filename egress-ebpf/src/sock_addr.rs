@@ -11,7 +11,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use egress_common::{Direction, counter, event::FlowKey, verdict};
+use egress_common::{Direction, config_flags, counter, event::FlowKey, verdict};
 
 use crate::{
     classify::{self, Destination},
@@ -116,7 +116,13 @@ fn judge(ctx: &SockAddrContext, ip_version: u8, dst: [u8; 16], port: u32, protoc
         protocol,
         port: if has_ports { port } else { 0 },
     };
-    let decision = classify::decide(&scope, &to);
+    let names_of = if config.flags & config_flags::HOSTS != 0 {
+        // SAFETY: a plain helper call in process context.
+        unsafe { bpf_get_current_cgroup_id() }
+    } else {
+        0
+    };
+    let decision = classify::decide(&scope, &to, names_of);
     if decision.verdict != verdict::DENY {
         return PROCEED;
     }
