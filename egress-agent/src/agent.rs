@@ -34,7 +34,9 @@ use crate::{
     watch::{self, PolicyWatcher},
 };
 
+mod dns;
 mod events;
+mod kube;
 
 /// What a graceful stop does to enforcement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -89,6 +91,11 @@ pub struct AgentArgs {
     /// (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    pub dns: dns::DnsArgs,
+    // Kubernetes mode (agent/kube.rs).
+    #[command(flatten)]
+    pub kubernetes: kube::KubeArgs,
 }
 
 /// How often the audit log is flushed: a crash loses at most this window.
@@ -119,6 +126,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         control_socket,
         control_group,
         metrics,
+        dns,
+        kubernetes,
     } = args;
     // Both endpoints are bound before the kernel is touched, so that a second agent on the
     // same socket or port fails without disturbing the first. Requests wait in the queue
@@ -153,7 +162,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     // The policy is validated before the kernel is touched: a rejected policy leaves
     // whatever enforcement is in place (pinned by an earlier agent) exactly as it is.
-    let source = PolicySource::from_paths(policy);
+    // --- Kubernetes mode (agent/kube.rs): the policy is the watch's first snapshot.
+    let mut kube = kube::KubeMode::start(kubernetes, &root).await?;
+    let source = match &mut kube {
+        Some(mode) => mode.first_source().await?,
+        None => PolicySource::from_paths(policy),
+    };
+    // --- end Kubernetes mode
     let policies = match source.load() {
         Ok(policies) => policies,
         Err(err) => {
@@ -165,6 +180,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let version = program_version.unwrap_or_else(|| object_version(EBPF_OBJECT));
     let mut datapath = Datapath::load_pinned(PinDir::create(&bpffs, &version)?)?;
+    datapath.set_dns_config(dns.kernel_config())?;
     let mut enforcer = Enforcer::new(
         hierarchy.clone(),
         datapath.generation_writer()?,
@@ -174,7 +190,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let applied = enforcer
         .apply_loaded(&source, Ok(policies))
         .context("the policy could not be applied; enforcement in place, if any, is unchanged")?;
+    kube::KubeMode::started(kube.as_mut()); // Kubernetes mode: report the status
     let events = datapath.take_events()?;
+    let dns_events = datapath.take_dns_events()?;
     let counters = datapath.take_counters()?;
     let rule_hits = datapath.take_rule_hits()?;
     // The maps hold the policy before the programs see their first packet.
@@ -221,6 +239,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             audit: Arc::clone(&audit),
             rule_names,
             cgroups: PathCache::new(hierarchy),
+            pods: kube::KubeMode::owners(kube.as_ref()),
+            names: dns::LearnedNames::new(&dns),
+            dns_events: Some(dns_events),
             written: events_written,
             failing: 0,
         },
@@ -274,6 +295,16 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 report_losses(&state.counters, &audit);
                 flush_audit(&audit);
             }
+            // --- Kubernetes mode (agent/kube.rs): a new snapshot is applied like a reload,
+            // and becomes what SIGHUP reloads.
+            snapshot = kube::next_snapshot(&mut kube) => {
+                tokio::task::block_in_place(|| kube::apply(&mut kube, snapshot, &mut enforcer));
+                if let Some(active) = enforcer.active_source() {
+                    source = active.clone();
+                }
+                notify_generation(&enforcer);
+            }
+            // --- end Kubernetes mode
             _ = rescan.tick() => {
                 if let Err(err) = tokio::task::block_in_place(|| enforcer.rescan_cgroups()) {
                     tracing::error!(%err, "re-applying after a cgroup change failed; the previous generation stays in force");
@@ -282,6 +313,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    kube::KubeMode::stop(kube); // Kubernetes mode
     ready.store(false, Ordering::Release);
     // Clients are turned away from here on; the socket file is removed.
     control_task.abort();

@@ -100,7 +100,7 @@ impl Enforcer {
     /// change; the kernel maps and the audit log are left alone.
     pub fn dry_run(&self, source: &PolicySource) -> Result<PolicyDiff, EnforceError> {
         let policies = source.load()?;
-        let resolution = self.resolve(&policies);
+        let resolution = self.resolve(source, &policies);
         compile::compile(&policies, &resolution, self.writer.next_parity())?;
         Ok(control::diff::diff(self.active_policies(), &policies))
     }
@@ -150,7 +150,7 @@ impl Enforcer {
             for warning in &policies.warnings {
                 tracing::warn!("{}", warning.render("warning"));
             }
-            let resolution = self.resolve(&policies);
+            let resolution = self.resolve(source, &policies);
             // Looked up before the switch: a cgroup recreated while the generation is
             // written then differs at the next rescan, which writes it again.
             let cgroups = cgroup_ids(&self.hierarchy, &policies, &resolution);
@@ -190,7 +190,7 @@ impl Enforcer {
         let Some(active) = self.active.take() else {
             return Ok(None);
         };
-        let resolution = self.resolve(&active.policies);
+        let resolution = self.resolve(&active.source, &active.policies);
         let cgroups = cgroup_ids(&self.hierarchy, &active.policies, &resolution);
         if resolution == active.resolution && cgroups == active.cgroups {
             self.active = Some(active);
@@ -224,15 +224,15 @@ impl Enforcer {
         }
     }
 
-    fn resolve(&self, policies: &PolicySet) -> CgroupResolution {
+    fn resolve(&self, source: &PolicySource, policies: &PolicySet) -> CgroupResolution {
         let units = policies
             .policies
             .iter()
             .flat_map(|policy| policy.selector.units.iter().map(String::as_str));
         CgroupResolution {
             units: self.hierarchy.find_units(units),
-            // Pods resolve only in Kubernetes mode, which is not wired in yet.
-            ..CgroupResolution::default()
+            // Resolved by the Kubernetes watch; none for file sources.
+            pods: source.pods(),
         }
     }
 

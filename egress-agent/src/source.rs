@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::policy::{self, LoadError, PolicySet};
+use crate::kubernetes::source::KubePolicies;
+use crate::policy::{self, LoadError, PodSelector, PolicySet};
 
 /// `policies/default.yaml`, embedded so that `egress agent` runs with no files at all.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../policies/default.yaml");
@@ -18,6 +19,8 @@ pub enum PolicySource {
     Files(Vec<PathBuf>),
     /// The embedded default policy.
     EmbeddedDefault,
+    /// EgressPolicy objects from the Kubernetes API, pods resolved (`egress agent --kubernetes`).
+    Kubernetes(std::sync::Arc<KubePolicies>),
 }
 
 impl PolicySource {
@@ -34,6 +37,15 @@ impl PolicySource {
         match self {
             Self::Files(paths) => policy::load(paths),
             Self::EmbeddedDefault => policy::parse_str(Path::new(EMBEDDED_NAME), EMBEDDED_DEFAULT),
+            Self::Kubernetes(kube) => kube.load(),
+        }
+    }
+
+    /// Pod selectors resolved to cgroup paths; empty outside Kubernetes mode.
+    pub fn pods(&self) -> std::collections::HashMap<PodSelector, Vec<String>> {
+        match self {
+            Self::Kubernetes(kube) => kube.pods().clone(),
+            Self::Files(_) | Self::EmbeddedDefault => std::collections::HashMap::new(),
         }
     }
 
@@ -42,6 +54,7 @@ impl PolicySource {
         match self {
             Self::Files(paths) => paths.iter().map(|p| p.display().to_string()).collect(),
             Self::EmbeddedDefault => vec![EMBEDDED_NAME.to_owned()],
+            Self::Kubernetes(kube) => kube.names(),
         }
     }
 
@@ -49,6 +62,7 @@ impl PolicySource {
     pub fn digest(&self) -> String {
         let mut hasher = Sha256::new();
         match self {
+            Self::Kubernetes(kube) => return kube.digest(),
             Self::Files(paths) => {
                 for file in policy::source_files(paths).unwrap_or_default() {
                     hasher.update(file.display().to_string().as_bytes());

@@ -1,17 +1,22 @@
 //! The event reader: turns what the kernel program puts in the ring buffer into connection
 //! records, for as long as the agent runs.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::oneshot};
 
+use super::dns::LearnedNames;
 use crate::{
     audit::{AuditLog, BootClock, RuleNames, decode_event, enrich, record::ConnectionRecord},
     cgroup::PathCache,
+    kubernetes::owners::SharedOwners,
 };
 
 /// Turns ring buffer items into connection records.
@@ -20,6 +25,11 @@ pub struct EventWriter {
     pub audit: Arc<Mutex<AuditLog>>,
     pub rule_names: Arc<Mutex<RuleNames>>,
     pub cgroups: PathCache,
+    /// This node's pods (Kubernetes mode): who each record's cgroup belongs to.
+    pub pods: SharedOwners,
+    /// Names of addresses learned from DNS, and the ring buffer of the answers.
+    pub names: LearnedNames,
+    pub dns_events: Option<RingBuf<MapData>>,
     /// Connection records written, for `egress status` and the metrics.
     pub written: Arc<AtomicU64>,
     /// Records whose write failed in a row: the first failure is logged, and the recovery.
@@ -29,6 +39,9 @@ pub struct EventWriter {
 impl EventWriter {
     /// Writes every event in the ring buffer now.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        // Answers first: the answer that named an address was read before any connection to
+        // it could start.
+        self.drain_names();
         while let Some(item) = ring.next() {
             let Some(event) = decode_event(&item) else {
                 tracing::error!(
@@ -44,9 +57,41 @@ impl EventWriter {
                     .map_err(|_| anyhow::anyhow!("rule names poisoned"))?;
                 enrich(&event, &self.clock, &names, &mut self.cgroups)
             };
+            let (namespace, pod, container) = self.pods.lookup(&record.cgroup);
+            let (dst_host, dst_names) = self
+                .names
+                .lookup(event.cgroup_id, record.dst_ip, Instant::now())
+                .map(|names| {
+                    (
+                        Some(names.host.clone()),
+                        names.all.iter().cloned().collect(),
+                    )
+                })
+                .unwrap_or_default();
+            let record = ConnectionRecord {
+                namespace,
+                pod,
+                container,
+                dst_host,
+                dst_names,
+                ..record
+            };
             self.write(record)?;
         }
         Ok(())
+    }
+
+    /// Reads the DNS answers waiting in their ring buffer into the names table.
+    pub fn drain_names(&mut self) {
+        if let Some(ring) = self.dns_events.as_mut() {
+            let undecoded = self.names.drain(ring);
+            if undecoded > 0 {
+                tracing::error!(
+                    undecoded,
+                    "DNS events of unexpected shape; agent and kernel program disagree"
+                );
+            }
+        }
     }
 
     /// Writes one record. A failed write (a full disk, a rotation that failed) does not end
@@ -81,6 +126,9 @@ impl EventWriter {
     }
 }
 
+/// How often DNS answers are read when no connection event wakes the reader.
+const NAMES_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Writes events as they arrive; when `stop` fires (the program is detached), writes those
 /// left in the ring buffer and returns.
 pub async fn read_events(
@@ -93,8 +141,12 @@ pub async fn read_events(
     let mut events =
         unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(|err| anyhow::anyhow!("registering the event ring buffer: {err}"))?;
+    // DNS answers are also read when no connection comes, so that their ring buffer does not
+    // fill while the workloads only resolve names.
+    let mut names_tick = tokio::time::interval(NAMES_INTERVAL);
     loop {
         tokio::select! {
+            _ = names_tick.tick() => writer.drain_names(),
             ready = events.readable_mut() => {
                 let mut guard = ready?;
                 writer.drain(guard.get_inner_mut())?;
@@ -110,6 +162,7 @@ mod tests {
     use std::{fs, net::Ipv4Addr};
 
     use super::*;
+    use crate::agent::dns::DnsArgs;
     use crate::{audit::Rotation, cgroup::Hierarchy};
 
     fn record() -> ConnectionRecord {
@@ -130,6 +183,11 @@ mod tests {
             dst_port: Some(80),
             cgroup: "/".into(),
             unit: None,
+            namespace: None,
+            pod: None,
+            container: None,
+            dst_host: None,
+            dst_names: Vec::new(),
             uid: 0,
             pid: None,
             comm: None,
@@ -160,6 +218,12 @@ mod tests {
             audit: Arc::clone(&audit),
             rule_names: Arc::default(),
             cgroups: PathCache::new(Hierarchy::new(root).expect("hierarchy")),
+            pods: SharedOwners::default(),
+            names: LearnedNames::new(&DnsArgs {
+                dns_grace_seconds: 5,
+                dns_max_ttl_seconds: 60,
+            }),
+            dns_events: None,
             written: Arc::default(),
             failing: 0,
         };

@@ -128,6 +128,13 @@ pub fn enrich(
         dst_port: has_ports.then_some(dst_port),
         cgroup,
         unit,
+        // Filled in by the event reader from the Kubernetes watch's pods (agent::events).
+        namespace: None,
+        pod: None,
+        container: None,
+        // Filled in by the event reader from the DNS answers the kernel read (agent::dns).
+        dst_host: None,
+        dst_names: Vec::new(),
         uid,
         pid: (pid != 0).then_some(pid),
         comm: (comm_len > 0).then(|| String::from_utf8_lossy(&comm[..comm_len]).into_owned()),

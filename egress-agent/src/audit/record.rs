@@ -29,6 +29,20 @@ pub struct ConnectionRecord {
     pub cgroup: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// Kubernetes: the namespace, pod and container the cgroup belongs to, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The name the workload asked DNS for when it learned `dst_ip`, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_host: Option<String>,
+    /// Every name the workload learned `dst_ip` for (question names and CNAME targets), sorted:
+    /// a host rule for any of them took part in the decision.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dst_names: Vec<String>,
     pub uid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,

@@ -13,7 +13,9 @@ use aya::maps::{
 };
 use egress_common::{
     Addr4Data, Addr6Data, CgroupKey, Decision, PARITY_BIT, PortData, RuntimeConfig, ScopeKey,
-    ScopeValue, maps,
+    ScopeValue,
+    dns::{HostKeyData, NameClassKey, NameSetId},
+    maps,
 };
 
 use super::{DatapathError, take};
@@ -47,6 +49,8 @@ struct Written {
     addr4: Vec<Key<Addr4Data>>,
     addr6: Vec<Key<Addr6Data>>,
     ports: Vec<Key<PortData>>,
+    hostnames: Vec<Key<HostKeyData>>,
+    name_classes: Vec<NameClassKey>,
 }
 
 /// The result of applying a generation.
@@ -67,6 +71,8 @@ pub struct GenerationWriter {
     addr4: LpmTrie<MapData, Addr4Data, u32>,
     addr6: LpmTrie<MapData, Addr6Data, u32>,
     ports: LpmTrie<MapData, PortData, Decision>,
+    hostnames: LpmTrie<MapData, HostKeyData, NameSetId>,
+    name_classes: HashMap<MapData, NameClassKey, u32>,
     active: RuntimeConfig,
     written: Written,
     /// Per parity (index `parity >> 31`): entries may exist that `written` does not list,
@@ -95,6 +101,8 @@ impl GenerationWriter {
             addr4: take(ebpf, maps::ADDR4)?,
             addr6: take(ebpf, maps::ADDR6)?,
             ports: take(ebpf, maps::PORTS)?,
+            hostnames: take(ebpf, maps::HOSTNAMES)?,
+            name_classes: take(ebpf, maps::NAME_CLASSES)?,
             // Pinned maps may hold anything an earlier agent left, in either parity.
             unknown: [true, true],
             active,
@@ -235,6 +243,21 @@ impl GenerationWriter {
                 .map_err(fail("a port entry"))?;
             written.ports.push(key);
         }
+        // Names before the classes they lead to, like addresses before ports; nothing of the
+        // new parity is reachable before the switch anyway.
+        for (prefix_len, data, set) in &compiled.hostnames {
+            let key = Key::new(*prefix_len, *data);
+            self.hostnames
+                .insert(&key, set, 0)
+                .map_err(fail("a host name"))?;
+            written.hostnames.push(key);
+        }
+        for (key, class) in &compiled.name_classes {
+            self.name_classes
+                .insert(key, class, 0)
+                .map_err(fail("a name class"))?;
+            written.name_classes.push(*key);
+        }
         Ok(())
     }
 
@@ -247,6 +270,8 @@ impl GenerationWriter {
             addr4,
             addr6,
             ports,
+            hostnames,
+            name_classes,
         } = written;
         let mut failures = 0usize;
         for key in cgroups {
@@ -263,6 +288,12 @@ impl GenerationWriter {
         }
         for key in ports {
             failures += usize::from(self.ports.remove(key).is_err());
+        }
+        for key in hostnames {
+            failures += usize::from(self.hostnames.remove(key).is_err());
+        }
+        for key in name_classes {
+            failures += usize::from(self.name_classes.remove(key).is_err());
         }
         if failures > 0 {
             tracing::warn!(
@@ -309,6 +340,19 @@ impl GenerationWriter {
                 .flatten()
                 .filter(|key| leading_parity(&key.data()) == retired)
                 .collect(),
+            // The parity byte of a host name key is 0 or 1, not a top bit.
+            hostnames: self
+                .hostnames
+                .keys()
+                .flatten()
+                .filter(|key| (u32::from(key.data()[0]) << 31) == retired)
+                .collect(),
+            name_classes: self
+                .name_classes
+                .keys()
+                .flatten()
+                .filter(|key| key.scope & PARITY_BIT == retired)
+                .collect(),
         };
         if stale.len() > 0 {
             tracing::info!(
@@ -337,7 +381,15 @@ impl Written {
             addr4,
             addr6,
             ports,
+            hostnames,
+            name_classes,
         } = self;
-        cgroups.len() + scopes.len() + addr4.len() + addr6.len() + ports.len()
+        cgroups.len()
+            + scopes.len()
+            + addr4.len()
+            + addr6.len()
+            + ports.len()
+            + hostnames.len()
+            + name_classes.len()
     }
 }

@@ -10,7 +10,7 @@ use std::{fs::File, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Program, ProgramError,
         cgroup_skb::CgroupSkbLink,
@@ -19,7 +19,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use egress_common::{EGRESS_PROGRAM, RuleHits, counter, maps, programs};
+use egress_common::{EGRESS_PROGRAM, RuleHits, counter, dns::DnsConfig, maps, programs};
 pub use generation::{Applied, GenerationWriter};
 use pins::{PinDir, PinError};
 
@@ -176,6 +176,7 @@ impl Datapath {
             };
             loaded.map_err(|source| DatapathError::Verify { name, source })?;
         }
+        load_dns_reader(&mut ebpf)?;
         Ok(Self {
             ebpf,
             pins,
@@ -303,6 +304,28 @@ impl Datapath {
         take(&mut self.ebpf, maps::EVENTS)
     }
 
+    /// Takes the ring buffer of DNS answers; call once.
+    pub fn take_dns_events(&mut self) -> Result<RingBuf<MapData>, DatapathError> {
+        take(&mut self.ebpf, maps::DNS_EVENTS)
+    }
+
+    /// Sets how long learned addresses live beyond their records' TTL.
+    pub fn set_dns_config(&mut self, config: DnsConfig) -> Result<(), DatapathError> {
+        let fail = |source| DatapathError::Map {
+            name: maps::DNS_CONFIG,
+            source,
+        };
+        let map = self
+            .ebpf
+            .map_mut(maps::DNS_CONFIG)
+            .ok_or(DatapathError::Missing {
+                kind: "map",
+                name: maps::DNS_CONFIG,
+            })?;
+        let mut array: Array<&mut MapData, DnsConfig> = Array::try_from(map).map_err(fail)?;
+        array.set(0, config, 0).map_err(fail)
+    }
+
     /// Takes the per-rule hit counters; call once.
     pub fn take_rule_hits(&mut self) -> Result<RuleHitCounters, DatapathError> {
         Ok(RuleHitCounters {
@@ -333,6 +356,47 @@ impl Drop for Datapath {
 
 /// Removes the pins of every other program version, which detaches its programs. Called
 /// only once this version's programs are attached, so enforcement never pauses.
+/// Loads the DNS answer reader and puts it in the slot the ingress program tail-calls. With
+/// pinned maps the slot may already hold an earlier agent's copy of the same program; it is
+/// replaced in one update, so answers are read throughout.
+fn load_dns_reader(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+    let name = programs::DNS;
+    let program: &mut CgroupSkb = ebpf
+        .program_mut(name)
+        .ok_or(DatapathError::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| DatapathError::Verify { name, source })?;
+    program
+        .load()
+        .map_err(|source| DatapathError::Verify { name, source })?;
+    let fd = program
+        .fd()
+        .map_err(|source| DatapathError::Verify { name, source })?
+        .try_clone()
+        .map_err(|source| DatapathError::Verify {
+            name,
+            source: source.into(),
+        })?;
+    let mut slots: ProgramArray<&mut MapData> = ebpf
+        .map_mut(maps::DNS_PROGRAM)
+        .ok_or(DatapathError::Missing {
+            kind: "map",
+            name: maps::DNS_PROGRAM,
+        })?
+        .try_into()
+        .map_err(|source| DatapathError::Map {
+            name: maps::DNS_PROGRAM,
+            source,
+        })?;
+    slots.set(0, &fd, 0).map_err(|source| DatapathError::Map {
+        name: maps::DNS_PROGRAM,
+        source,
+    })
+}
+
 fn remove_other_versions(pins: &PinDir) -> Result<(), PinError> {
     for old in pins.other_versions() {
         tracing::info!(version = %old.display(), "removing the enforcement of another program version");

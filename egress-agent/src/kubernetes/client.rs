@@ -15,6 +15,8 @@ pub enum KubeApiError {
     Url { url: String, message: String },
     #[error("no Kubernetes configuration (in-cluster or kubeconfig): {0}")]
     Infer(#[from] kube::config::InferConfigError),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
     #[error("Kubernetes API: {0}")]
     Api(#[from] kube::Error),
     #[error("EgressPolicy {name}: {message}")]
@@ -27,6 +29,15 @@ pub enum KubeApiError {
 /// `~/.kube/config` when run by hand. Must be called inside a tokio runtime.
 pub async fn infer_client() -> Result<Client, KubeApiError> {
     let config = Config::infer().await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// The client of the kubeconfig file at `path` (its current context). Must be called inside a
+/// tokio runtime.
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<Client, KubeApiError> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+    let options = kube::config::KubeConfigOptions::default();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &options).await?;
     Ok(Client::try_from(config)?)
 }
 

@@ -61,7 +61,8 @@ pub fn crd() -> Value {
     })
 }
 
-/// What agents write back: one condition per node would not scale, so counts plus the errors.
+/// What agents write back: counts, the names of the applied nodes (which keep the count exact
+/// across agent restarts) and one error entry per rejecting node.
 fn status_schema() -> Value {
     json!({
         "type": "object",
@@ -69,6 +70,11 @@ fn status_schema() -> Value {
             "observedGeneration": {"type": "integer"},
             "appliedNodes": {"type": "integer", "description": "nodes enforcing observedGeneration"},
             "errorNodes": {"type": "integer", "description": "nodes that rejected it"},
+            "applied": {
+                "type": "array",
+                "description": "names of the nodes enforcing observedGeneration",
+                "items": {"type": "string"},
+            },
             "errors": {
                 "type": "array",
                 "items": {

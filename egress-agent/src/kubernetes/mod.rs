@@ -1,19 +1,22 @@
 //! Kubernetes support: pod selectors resolved to cgroup paths, and the EgressPolicy
 //! CustomResourceDefinition generated from the policy parser's own types.
 //!
-//! Not wired into the agent yet: the `--kubernetes` watch loop (EgressPolicy objects cluster
-//! wide, pods of this node) is future work; see `docs/kubernetes.md`.
+//! `egress agent --kubernetes` runs the watch (`watch`), enforces its snapshots as a policy
+//! source (`source`), attributes decisions to pods (`owners`) and writes status back
+//! (`status`); the wiring is `crate::agent::kube`. See `docs/kubernetes.md`.
 
 pub mod client;
 pub mod crd;
 pub mod layout;
 #[cfg(test)]
 mod manifest_tests;
+pub mod owners;
 pub mod pod;
 #[cfg(test)]
 mod pod_tests;
 #[cfg(test)]
 mod schema_check;
+pub mod source;
 pub mod state;
 pub mod status;
 pub mod watch;

@@ -8,7 +8,7 @@ use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
 use super::crd::{GROUP, KIND, VERSION};
-use super::{Layout, Pod, resolve};
+use super::{Layout, Owner, Pod, resolve};
 use crate::compile::CgroupResolution;
 use crate::policy::{Diagnostic, PodSelector, PolicySet, parse_str};
 
@@ -21,6 +21,8 @@ pub struct PolicyEntry {
     pub generation: i64,
     /// The policy (a set of one), or every problem the parser found, rendered.
     pub parsed: Result<PolicySet, String>,
+    /// The policy document the object was parsed as: what the enforced policy's digest covers.
+    pub document: String,
 }
 
 impl PolicyEntry {
@@ -35,13 +37,18 @@ impl PolicyEntry {
             "spec": spec.cloned().unwrap_or(Value::Null),
         });
         let origin = format!("egresspolicy/{name}");
-        let parsed = serde_yaml::to_string(&document)
-            .map_err(|e| format!("{origin}: {e}"))
-            .and_then(|text| parse_str(Path::new(&origin), &text).map_err(|e| e.to_string()));
+        let (document, parsed) = match serde_yaml::to_string(&document) {
+            Ok(text) => {
+                let parsed = parse_str(Path::new(&origin), &text).map_err(|e| e.to_string());
+                (text, parsed)
+            }
+            Err(e) => (String::new(), Err(format!("{origin}: {e}"))),
+        };
         Self {
             name: name.to_string(),
             generation,
             parsed,
+            document,
         }
     }
 
@@ -56,11 +63,13 @@ impl PolicyEntry {
             name,
             generation,
             parsed,
+            document,
         } = self;
         let outcome = |p: &Result<PolicySet, String>| p.as_ref().err().cloned();
         *name == other.name
             && *generation == other.generation
             && outcome(parsed) == outcome(&other.parsed)
+            && *document == other.document
     }
 }
 
@@ -76,6 +85,9 @@ pub struct Snapshot {
     pub pods: HashMap<PodSelector, Vec<String>>,
     /// Pods that could not be placed yet (no QoS class), rendered.
     pub pod_errors: Vec<String>,
+    /// Every known cgroup path of this node's pods (the pod's, and each reported container's)
+    /// with its owner, for decision events.
+    pub owners: BTreeMap<String, Owner>,
     /// The API server could not be reached on the last attempt: this is the last known state.
     pub stale: bool,
 }
@@ -97,6 +109,7 @@ impl Snapshot {
             set: _,
             pods,
             pod_errors,
+            owners,
             stale,
         } = self;
         // `set` is a function of `policies`.
@@ -107,6 +120,7 @@ impl Snapshot {
                 .all(|(a, b)| a.same_as(b))
             && *pods == other.pods
             && *pod_errors == other.pod_errors
+            && *owners == other.owners
             && *stale == other.stale
     }
 }
@@ -175,11 +189,18 @@ impl KubeState {
         set.warnings = warnings;
         let pods: Vec<Pod> = self.pods.values().cloned().collect();
         let resolution = resolve(&set, &pods, layout);
+        // Pods without a QoS class are in `pod_errors` already.
+        let owners = pods
+            .iter()
+            .filter_map(|pod| pod.owners(layout).ok())
+            .flatten()
+            .collect();
         Snapshot {
             policies,
             set,
             pods: resolution.pods,
             pod_errors: resolution.errors.iter().map(ToString::to_string).collect(),
+            owners,
             stale,
         }
     }

@@ -3,8 +3,9 @@
 //!
 //! Every agent writes the same object, so each write is a read-modify-write guarded by the
 //! object's `resourceVersion` (a conflicting write gets `409` and is redone on the new status).
-//! A node's error is its entry in `errors` (so `errorNodes` is exact); an applied node is a
-//! count, and the writer remembers what it counted so that re-reporting never counts twice.
+//! Each node is an entry: its name in `applied`, or its entry in `errors`; the counts are the
+//! lengths of those lists, so a node reporting again (or an agent restarted on the same
+//! generation) is never counted twice.
 
 use std::collections::HashMap;
 
@@ -31,6 +32,10 @@ pub struct PolicyStatus {
     pub applied_nodes: u32,
     #[serde(default)]
     pub error_nodes: u32,
+    /// Names of the nodes enforcing `observed_generation`, sorted: what makes `applied_nodes`
+    /// exact across agent restarts.
+    #[serde(default)]
+    pub applied: Vec<String>,
     #[serde(default)]
     pub errors: Vec<NodeError>,
 }
@@ -48,15 +53,13 @@ pub enum Outcome {
     Error(String),
 }
 
-/// The status after `node` reports `outcome` for `generation`, given the `current` one and
-/// what this node counted before for the same generation (`previous`); `None` when nothing
-/// changes or the object has moved on to a newer generation (reported once the node catches
-/// up).
+/// The status after `node` reports `outcome` for `generation`, given the `current` one; `None`
+/// when nothing changes or the object has moved on to a newer generation (reported once the
+/// node catches up).
 pub fn merge(
     current: &PolicyStatus,
     generation: i64,
     node: &str,
-    previous: Option<&Outcome>,
     outcome: &Outcome,
 ) -> Option<PolicyStatus> {
     let mut next = match current.observed_generation {
@@ -68,19 +71,18 @@ pub fn merge(
             ..PolicyStatus::default()
         },
     };
-    let fresh = next.observed_generation != current.observed_generation;
-    if !fresh && previous == Some(&Outcome::Applied) {
-        next.applied_nodes = next.applied_nodes.saturating_sub(1);
-    }
+    next.applied.retain(|n| n != node);
     next.errors.retain(|e| e.node != node);
     match outcome {
-        Outcome::Applied => next.applied_nodes += 1,
+        Outcome::Applied => next.applied.push(node.to_string()),
         Outcome::Error(message) => next.errors.push(NodeError {
             node: node.to_string(),
             message: truncate(message),
         }),
     }
+    next.applied.sort();
     next.errors.sort_by(|a, b| a.node.cmp(&b.node));
+    next.applied_nodes = u32::try_from(next.applied.len()).unwrap_or(u32::MAX);
     next.error_nodes = u32::try_from(next.errors.len()).unwrap_or(u32::MAX);
     (next != *current).then_some(next)
 }
@@ -145,12 +147,7 @@ impl StatusWriter {
         generation: i64,
         outcome: Outcome,
     ) -> Result<(), KubeApiError> {
-        let previous = self
-            .reported
-            .get(name)
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, o)| o.clone());
-        if previous.as_ref() == Some(&outcome) {
+        if self.reported.get(name) == Some(&(generation, outcome.clone())) {
             return Ok(());
         }
         for _ in 0..MAX_ATTEMPTS {
@@ -169,13 +166,7 @@ impl StatusWriter {
                 .cloned()
                 .and_then(|s| serde_json::from_value(s).ok())
                 .unwrap_or_default();
-            let Some(next) = merge(
-                &current,
-                generation,
-                &self.node,
-                previous.as_ref(),
-                &outcome,
-            ) else {
+            let Some(next) = merge(&current, generation, &self.node, &outcome) else {
                 self.reported
                     .insert(name.to_string(), (generation, outcome));
                 return Ok(());
@@ -211,46 +202,49 @@ impl StatusWriter {
 mod tests {
     use super::*;
 
-    fn applied(generation: i64, nodes: u32) -> PolicyStatus {
+    fn applied(generation: i64, nodes: &[&str]) -> PolicyStatus {
         PolicyStatus {
             observed_generation: Some(generation),
-            applied_nodes: nodes,
+            applied_nodes: u32::try_from(nodes.len()).expect("small"),
+            applied: nodes.iter().map(ToString::to_string).collect(),
             ..PolicyStatus::default()
         }
     }
 
     #[test]
     fn counts_restart_with_each_generation() {
-        let first = merge(&PolicyStatus::default(), 1, "a", None, &Outcome::Applied);
-        assert_eq!(first, Some(applied(1, 1)));
-        let second = merge(&applied(1, 1), 1, "b", None, &Outcome::Applied);
-        assert_eq!(second, Some(applied(1, 2)));
-        let newer = merge(
-            &applied(1, 2),
-            2,
-            "a",
-            Some(&Outcome::Applied),
-            &Outcome::Applied,
-        );
+        let first = merge(&PolicyStatus::default(), 1, "a", &Outcome::Applied);
+        assert_eq!(first, Some(applied(1, &["a"])));
+        let second = merge(&applied(1, &["a"]), 1, "b", &Outcome::Applied);
+        assert_eq!(second, Some(applied(1, &["a", "b"])));
+        let newer = merge(&applied(1, &["a", "b"]), 2, "a", &Outcome::Applied);
         assert_eq!(
             newer,
-            Some(applied(2, 1)),
+            Some(applied(2, &["a"])),
             "generation 1's counts are dropped"
         );
         assert_eq!(
-            merge(&applied(3, 4), 2, "a", None, &Outcome::Applied),
+            merge(&applied(3, &["a"]), 2, "a", &Outcome::Applied),
             None,
             "a node behind the object does not rewind its status"
         );
     }
 
     #[test]
+    fn a_restarted_agent_is_not_counted_twice() {
+        // A new writer remembers nothing: the status itself says the node is counted.
+        assert_eq!(
+            merge(&applied(1, &["a", "b"]), 1, "a", &Outcome::Applied),
+            None
+        );
+    }
+
+    #[test]
     fn a_node_moves_between_applied_and_error_without_double_counting() {
         let failed = merge(
-            &applied(1, 2),
+            &applied(1, &["a", "b"]),
             1,
             "a",
-            Some(&Outcome::Applied),
             &Outcome::Error("bad".into()),
         )
         .expect("changes");
@@ -260,31 +254,14 @@ mod tests {
             "{failed:?}"
         );
         assert_eq!(failed.errors[0].node, "a");
-        let again = merge(
-            &failed,
-            1,
-            "a",
-            Some(&Outcome::Error("bad".into())),
-            &Outcome::Error("worse".into()),
-        )
-        .expect("changes");
+        let again = merge(&failed, 1, "a", &Outcome::Error("worse".into())).expect("changes");
         assert_eq!(
             (again.error_nodes, again.errors[0].message.as_str()),
             (1, "worse")
         );
-        let healed = merge(
-            &again,
-            1,
-            "a",
-            Some(&Outcome::Error("worse".into())),
-            &Outcome::Applied,
-        )
-        .expect("changes");
-        assert_eq!(healed, applied(1, 2));
-        assert_eq!(
-            merge(&healed, 1, "a", Some(&Outcome::Applied), &Outcome::Applied),
-            None
-        );
+        let healed = merge(&again, 1, "a", &Outcome::Applied).expect("changes");
+        assert_eq!(healed, applied(1, &["a", "b"]));
+        assert_eq!(merge(&healed, 1, "a", &Outcome::Applied), None);
     }
 
     #[test]
