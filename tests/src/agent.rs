@@ -161,10 +161,12 @@ impl AgentGuard {
             .unwrap_or_else(|| dir.path().join("audit.jsonl"));
         let bpffs = bpffs.clone().unwrap_or_else(fresh_bpffs_dir);
         let mut cmd = Command::new(bin);
-        cmd.arg("agent")
-            .arg("--policy")
-            .arg(policy)
-            .arg("--audit-log")
+        cmd.arg("agent");
+        // Kubernetes mode takes its policy from the API server and refuses policy files.
+        if !extra_args.iter().any(|arg| arg == "--kubernetes") {
+            cmd.arg("--policy").arg(policy);
+        }
+        cmd.arg("--audit-log")
             .arg(&audit)
             .arg("--bpffs")
             .arg(&bpffs)

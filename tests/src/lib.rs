@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod client;
+pub mod dns;
 pub mod error;
 pub mod net;
 pub mod policygen;

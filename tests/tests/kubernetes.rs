@@ -2,10 +2,13 @@
 //! snapshot follows events, survives dropped connections (re-watch from the last version) and
 //! compaction (`410 Gone` as an HTTP status and as an ERROR event: relist), keeps the last
 //! state marked stale while the server is down, and EgressPolicy status is written back.
-//! No root needed: nothing here touches the kernel.
+//! No root needed here: nothing in this file touches the kernel (`traffic` runs the agent
+//! against the same fake API server, as root, with real packets).
 
 #[path = "kubernetes/fake_api.rs"]
 mod fake_api;
+#[path = "kubernetes/traffic.rs"]
+mod traffic;
 
 use std::time::Duration;
 
@@ -304,7 +307,8 @@ async fn status_is_written_back_per_generation_and_node() {
     let status = |name: &str| api.policy(name).expect("exists")["status"].clone();
     assert_eq!(
         status("web-only"),
-        json!({"observedGeneration": 1, "appliedNodes": 1, "errorNodes": 0, "errors": []})
+        json!({"observedGeneration": 1, "appliedNodes": 1, "errorNodes": 0, "errors": [],
+               "applied": [NODE]})
     );
     let broken = status("broken");
     assert_eq!(broken["errorNodes"], 1);
@@ -325,6 +329,12 @@ async fn status_is_written_back_per_generation_and_node() {
     // A second node adds to the count; patches carry the resourceVersion they read.
     let mut other = StatusWriter::new(client.clone(), "node-b");
     other
+        .report("web-only", 1, Outcome::Applied)
+        .await
+        .expect("written");
+    assert_eq!(status("web-only")["appliedNodes"], 2);
+    // A restarted agent (a writer that remembers nothing) is not counted twice.
+    StatusWriter::new(client.clone(), "node-b")
         .report("web-only", 1, Outcome::Applied)
         .await
         .expect("written");

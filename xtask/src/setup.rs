@@ -18,6 +18,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// llvm-22-dev and libpolly-22-dev: bpf-linker links against LLVM 22 (its CMake config
 /// references Polly, so llvm-sys's probe needs it). libzstd-dev: LLVM's link dependencies.
 /// iproute2, curl, bpftool, nftables, iperf3: the integration tests and manual checks.
+/// dnsmasq-base and bind9-dnsutils: the DNS server and `dig` of the hostname-rule tests.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -28,6 +29,8 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "nftables",
     "util-linux",
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 pub fn run() -> Result<()> {

@@ -7,19 +7,29 @@
 //! - `info`: prints `cgroup=`, `uid=` and `netns=` lines.
 //! - `sleep SECS`.
 //! - `icmp`, `connect-and-exit`, `udp-flood`: see `egress_tests::traffic::run`.
+//! - `resolve-connect RESOLV_CONF PATTERN COUNT PORT TIMEOUT_MS WALL_MS`: in a mount
+//!   namespace of its own with RESOLV_CONF bind-mounted over /etc/resolv.conf, resolves each
+//!   of COUNT names (PATTERN with `{i}` replaced by 1..=COUNT in decimal, `{x}` in hex) with
+//!   getaddrinfo, the system resolver, and at once connects over TCP to the first address;
+//!   prints one JSON summary line (see `Tally::summary`). Exit 0 once it ran.
 //!
 //! Exit code 2 means a usage or setup error.
 
 use std::{
-    env, fs,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    env,
+    ffi::CString,
+    fs,
+    io::{self, Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs as _, UdpSocket},
+    os::fd::AsRawFd as _,
     process::ExitCode,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 const PING: &[u8] = b"egress-test-ping";
+/// Backlog of the `serve` listeners.
+const LISTEN_BACKLOG: i32 = 4096;
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -33,6 +43,9 @@ fn main() -> ExitCode {
         ["udp", addr, ms] => parse(addr, ms).map(|(a, t)| udp(a, t)),
         ["serve", specs @ ..] => serve(specs),
         ["info"] => info(),
+        ["resolve-connect", resolv, pattern, count, port, ms, wall_ms] => {
+            resolve_connect(resolv, pattern, count, port, ms, wall_ms)
+        }
         ["sleep", secs] => secs
             .parse()
             .map_err(|e| format!("bad seconds: {e}"))
@@ -78,7 +91,7 @@ fn udp(addr: SocketAddr, timeout: Duration) -> bool {
     } else {
         ([0u16; 8], 0).into()
     };
-    let run = || -> std::io::Result<bool> {
+    let run = || -> io::Result<bool> {
         let socket = UdpSocket::bind(bind)?;
         socket.set_read_timeout(Some(timeout))?;
         socket.send_to(PING, addr)?;
@@ -118,6 +131,13 @@ fn serve(specs: &[&str]) -> Result<bool, String> {
             "tcp" => {
                 let listener =
                     TcpListener::bind(addr).map_err(|e| format!("bind tcp {addr}: {e}"))?;
+                // std listens with a backlog of 128, which bursts of thousands of connects
+                // (the DNS suite) overflow; a dropped SYN would look like a slow verdict.
+                // Listening again only raises the backlog (the kernel caps it at somaxconn).
+                // SAFETY: listen on a socket the listener owns.
+                if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+                    return Err(format!("listen {addr}: {}", io::Error::last_os_error()));
+                }
                 handles.push(thread::spawn(move || serve_tcp(&listener, addr)));
             }
             "udp" => {
@@ -185,5 +205,183 @@ fn info() -> Result<bool, String> {
     println!("cgroup={v2}");
     println!("uid={uid}");
     println!("netns={}", netns.display());
+    Ok(true)
+}
+
+/// Gives this process a mount namespace of its own in which `resolv_conf` is
+/// /etc/resolv.conf, so that glibc's resolver asks the test's DNS server. Must run while the
+/// process is single-threaded (unshare(CLONE_NEWNS) implies CLONE_FS).
+fn private_resolv_conf(resolv_conf: &str) -> Result<(), String> {
+    let c = |s: &str| CString::new(s).map_err(|e| format!("{s}: {e}"));
+    let (root, etc, source) = (c("/")?, c("/etc/resolv.conf")?, c(resolv_conf)?);
+    let check = |rc: i32, what: &str| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(format!("{what}: {}", io::Error::last_os_error()))
+        }
+    };
+    // SAFETY: system calls on NUL-terminated strings that outlive them.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS), "unshare(CLONE_NEWNS)")?;
+        // Private first: the bind mount must not propagate back to the host's namespace.
+        check(
+            libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ),
+            "making / private",
+        )?;
+        check(
+            libc::mount(
+                source.as_ptr(),
+                etc.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ),
+            "bind-mounting over /etc/resolv.conf",
+        )
+    }
+}
+
+/// Counts of one `resolve-connect` run.
+#[derive(Default)]
+struct Tally {
+    attempted: u64,
+    resolved: u64,
+    unresolved: u64,
+    connected: u64,
+    refused: u64,
+    timed_out: u64,
+    other: u64,
+    /// Connects that took longer than a SYN retransmission would need.
+    slow: u64,
+    connect_us: Vec<u64>,
+    resolve_us: Vec<u64>,
+    first_addr: Option<IpAddr>,
+    errors: Vec<String>,
+}
+
+/// A connect that takes longer than this waited for a retransmitted SYN (the first
+/// retransmission comes after 1 s; nothing local takes 200 ms).
+const SLOW_CONNECT: Duration = Duration::from_millis(200);
+/// Error messages kept for the summary.
+const KEPT_ERRORS: usize = 5;
+
+impl Tally {
+    fn error(&mut self, what: String) {
+        if self.errors.len() < KEPT_ERRORS {
+            self.errors.push(what);
+        }
+    }
+
+    fn attempt(&mut self, name: &str, port: u16, timeout: Duration) {
+        self.attempted += 1;
+        let start = Instant::now();
+        let addr = (name, port)
+            .to_socket_addrs()
+            .map_err(|e| e.to_string())
+            .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_owned()));
+        self.resolve_us.push(micros(start.elapsed()));
+        let addr = match addr {
+            Ok(addr) => addr,
+            Err(e) => {
+                self.unresolved += 1;
+                self.error(format!("resolving {name}: {e}"));
+                return;
+            }
+        };
+        self.resolved += 1;
+        self.first_addr.get_or_insert(addr.ip());
+        let start = Instant::now();
+        let outcome = TcpStream::connect_timeout(&addr, timeout);
+        let took = start.elapsed();
+        match outcome {
+            Ok(_) => {
+                self.connected += 1;
+                self.connect_us.push(micros(took));
+                if took > SLOW_CONNECT {
+                    self.slow += 1;
+                    self.error(format!("connecting to {name} ({addr}) took {took:?}"));
+                }
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+                self.refused += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                self.timed_out += 1;
+                self.error(format!("connecting to {name} ({addr}): {e}"));
+            }
+            Err(e) => {
+                self.other += 1;
+                self.error(format!("connecting to {name} ({addr}): {e}"));
+            }
+        }
+    }
+
+    fn summary(mut self) -> serde_json::Value {
+        self.connect_us.sort_unstable();
+        self.resolve_us.sort_unstable();
+        serde_json::json!({
+            "attempted": self.attempted,
+            "resolved": self.resolved,
+            "unresolved": self.unresolved,
+            "connected": self.connected,
+            "refused": self.refused,
+            "timed_out": self.timed_out,
+            "other": self.other,
+            "slow": self.slow,
+            "connect_p50_us": percentile(&self.connect_us, 50),
+            "connect_p99_us": percentile(&self.connect_us, 99),
+            "resolve_p50_us": percentile(&self.resolve_us, 50),
+            "resolve_p99_us": percentile(&self.resolve_us, 99),
+            "first_addr": self.first_addr.map(|a| a.to_string()),
+            "errors": self.errors,
+        })
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The `p`th percentile of sorted `values` (nearest rank), or null when there are none.
+fn percentile(sorted: &[u64], p: usize) -> Option<u64> {
+    let rank = (sorted.len() * p).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+fn resolve_connect(
+    resolv_conf: &str,
+    pattern: &str,
+    count: &str,
+    port: &str,
+    ms: &str,
+    wall_ms: &str,
+) -> Result<bool, String> {
+    let number = |s: &str| s.parse::<u64>().map_err(|e| format!("bad number {s}: {e}"));
+    let (count, timeout, wall) = (number(count)?, number(ms)?, number(wall_ms)?);
+    let port: u16 = port.parse().map_err(|e| format!("bad port {port}: {e}"))?;
+    private_resolv_conf(resolv_conf)?;
+    let deadline = Instant::now() + Duration::from_millis(wall);
+    let mut tally = Tally::default();
+    for i in 1..=count {
+        if Instant::now() >= deadline {
+            tally.error(format!(
+                "wall time of {wall} ms ran out after {} names",
+                i - 1
+            ));
+            break;
+        }
+        let name = pattern
+            .replace("{i}", &i.to_string())
+            .replace("{x}", &format!("{i:x}"));
+        tally.attempt(&name, port, Duration::from_millis(timeout));
+    }
+    println!("{}", tally.summary());
     Ok(true)
 }
