@@ -195,6 +195,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let dns_events = datapath.take_dns_events()?;
     let counters = datapath.take_counters()?;
     let rule_hits = datapath.take_rule_hits()?;
+    let learned = datapath.take_learned()?;
     // The maps hold the policy before the programs see their first packet.
     let attachment = datapath.attach(root.clone())?;
     tracing::info!(
@@ -223,6 +224,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         attachment,
         counters,
         rule_hits,
+        learned,
         events_written: Arc::clone(&events_written),
         reloads: control::protocol::ReloadStats::default(),
         clock: BootClock::new(),

@@ -185,7 +185,10 @@ pub mod counter {
     pub const DNS_DROPPED: u32 = 8;
     /// DNS answers that could not be read, delivered because the workload has no host rules.
     pub const DNS_UNREAD: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Addresses added to the learned map as new keys. Less the entries it holds, this is
+    /// what the LRU evicted (nothing else removes entries).
+    pub const DNS_NEW: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// The single entry of [`maps::CONFIG`].

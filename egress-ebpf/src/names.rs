@@ -3,13 +3,14 @@
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, maps::lpm_trie::Key};
 use egress_common::{
-    Decision, PortData, ScopeValue,
+    Decision, PortData, ScopeValue, counter,
     dns::{Learned, LearnedKey, MAX_NAME_SETS, NameClassKey, NameSetId},
     keys::{self, PORT_KEY_FULL_BITS},
 };
 
 use crate::{
     classify::Destination,
+    events,
     maps::{EGRESS_LEARNED, EGRESS_NAME_CLASSES, EGRESS_NAME_KEYS, EGRESS_PORTS},
 };
 
@@ -45,6 +46,9 @@ pub fn learn(
         }
     }
     // Absent or expired: the old names no longer count.
+    if EGRESS_LEARNED.get_ptr(key).is_none() {
+        events::count(counter::DNS_NEW);
+    }
     let fresh = Learned {
         expires_boot_ns: expires,
         sets: *sets,

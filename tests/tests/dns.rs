@@ -10,7 +10,7 @@ mod world;
 
 use std::{fs, net::IpAddr, thread, time::Duration};
 
-use egress_tests::dns::HostEntry;
+use egress_tests::{AgentGuard, dns::HostEntry};
 use serde_json::Value;
 use world::{
     ALLOWED_NAMES, DENIED_NAMES, LITERALS, MISC, SETTLE, World, addr, allow_dns_rule,
@@ -102,7 +102,7 @@ fn denied_name_blocks_every_fresh_address_and_nothing_reaches_the_server() {
         &[],
     );
     let rules = host_rule("deny-denied", "deny", &["*.denied.test"]);
-    let _agent = world.agent(&world.policy("allow", &rules, false), &[]);
+    let agent = world.agent(&world.policy("allow", &rules, false), &[]);
     // Positive control: the prefix itself is not denied; only learned names are.
     let control = world.connect(denied_control());
     assert_connected(&control, denied_control(), "the control literal");
@@ -128,6 +128,35 @@ fn denied_name_blocks_every_fresh_address_and_nothing_reaches_the_server() {
     assert_connected(&after, denied_control(), "the control literal afterwards");
     thread::sleep(SETTLE);
     assert!(world.packets("denied_control") >= 2, "controls not counted");
+    // The agent reports what the kernel learned: every fresh name's address, none evicted.
+    let status = status_json(&agent);
+    let dns = &status["dns"];
+    let count = |key: &str| {
+        dns[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {status}"))
+    };
+    assert!(count("answers") >= u64::from(FLOOD), "{status}");
+    assert!(count("learned") >= u64::from(FLOOD), "{status}");
+    assert!(count("learned_entries") >= u64::from(FLOOD), "{status}");
+    assert_eq!(count("learned_evicted"), 0, "{status}");
+    assert_eq!(count("dropped"), 0, "{status}");
+}
+
+/// `egress status --json` of the running agent.
+fn status_json(agent: &AgentGuard) -> Value {
+    let bin = egress_tests::agent::egress_bin().unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(bin)
+        .args(["status", "--json", "--socket"])
+        .arg(agent.control_socket())
+        .output()
+        .expect("egress status runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status is JSON")
 }
 
 #[test]
@@ -209,7 +238,7 @@ fn learned_addresses_expire_and_changed_answers_are_followed() {
 }
 
 /// A record of a connection to `ip` with `verdict` (waits up to 10 s for one).
-fn record_for(agent: &egress_tests::AgentGuard, ip: IpAddr, verdict: &str) -> Value {
+fn record_for(agent: &AgentGuard, ip: IpAddr, verdict: &str) -> Value {
     let ip = ip.to_string();
     agent
         .wait_for_record(Duration::from_secs(10), |r| {

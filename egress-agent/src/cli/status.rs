@@ -42,6 +42,7 @@ fn write_text(out: &mut dyn Write, status: &Status) -> std::io::Result<()> {
         maps,
         events,
         reloads,
+        dns,
     } = status;
     let uptime = humantime::format_duration(std::time::Duration::from_secs(*uptime_seconds));
     writeln!(
@@ -83,5 +84,15 @@ fn write_text(out: &mut dyn Write, status: &Status) -> std::io::Result<()> {
         out,
         "reloads:    {} applied, {} rejected",
         reloads.applied, reloads.rejected
+    )?;
+    writeln!(
+        out,
+        "dns:        {} answers read, {} dropped unread, {} addresses learned ({} of {} entries, {} evicted)",
+        dns.answers,
+        dns.dropped,
+        dns.learned,
+        dns.learned_entries,
+        dns.learned_capacity,
+        dns.learned_evicted
     )
 }

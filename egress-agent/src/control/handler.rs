@@ -15,12 +15,12 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::protocol::{
-    Applied, AttachStatus, EventStats, ExplainParams, Explained, MapUsage, Method, PolicyStatus,
-    ReloadStats, RuleStatus, Rules, Status,
+    Applied, AttachStatus, DnsStats, EventStats, ExplainParams, Explained, MapUsage, Method,
+    PolicyStatus, ReloadStats, RuleStatus, Rules, Status,
 };
 use crate::{
     audit::{BootClock, clock::rfc3339},
-    datapath::{Attachment, Counters, PROGRAMS, RuleHitCounters},
+    datapath::{Attachment, Counters, LearnedAddresses, PROGRAMS, RuleHitCounters},
     enforcer::{EnforceError, Enforcer, record_rejection_by},
     eval,
     policy::Mode,
@@ -48,6 +48,7 @@ pub struct AgentState {
     pub attachment: Attachment,
     pub counters: Counters,
     pub rule_hits: RuleHitCounters,
+    pub learned: LearnedAddresses,
     /// Connection records written by the event reader.
     pub events_written: Arc<AtomicU64>,
     pub reloads: ReloadStats,
@@ -161,7 +162,17 @@ impl AgentState {
             entries: entries as u64,
             capacity: u64::from(capacity),
         };
-        let lost = self.counters.read().map(|c| c.events_lost).unwrap_or(0);
+        let counters = self.counters.read().unwrap_or_default();
+        let learned_entries = self.learned.entries();
+        let dns = DnsStats {
+            answers: counters.dns_answers,
+            learned: counters.dns_learned,
+            dropped: counters.dns_dropped,
+            unread: counters.dns_unread,
+            learned_entries,
+            learned_capacity: u64::from(capacity::LEARNED),
+            learned_evicted: counters.dns_new.saturating_sub(learned_entries),
+        };
         Status {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             program_version: self.program_version.clone(),
@@ -209,9 +220,10 @@ impl AgentState {
             ],
             events: EventStats {
                 written: self.events_written.load(Ordering::Relaxed),
-                lost,
+                lost: counters.events_lost,
             },
             reloads: self.reloads,
+            dns,
         }
     }
 

@@ -108,6 +108,9 @@ pub struct Status {
     pub maps: Vec<MapUsage>,
     pub events: EventStats,
     pub reloads: ReloadStats,
+    /// Hostname rules: DNS answers read and addresses learned.
+    #[serde(default)]
+    pub dns: DnsStats,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +145,24 @@ pub struct EventStats {
     pub written: u64,
     /// Events the kernel could not queue (ring buffer full), since its maps were created.
     pub lost: u64,
+}
+
+/// The kernel's DNS counters (since its maps were created) and learned-address map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsStats {
+    /// DNS answers read.
+    pub answers: u64,
+    /// Addresses recorded or refreshed from answers whose names some host rule matched.
+    pub learned: u64,
+    /// Answers dropped because they could not be read completely (workloads with host rules).
+    pub dropped: u64,
+    /// Answers that could not be read, delivered (workloads without host rules).
+    pub unread: u64,
+    /// Entries in the learned-address map, and its capacity.
+    pub learned_entries: u64,
+    pub learned_capacity: u64,
+    /// Learned addresses the map evicted when full (least recently used first).
+    pub learned_evicted: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,7 +19,11 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use egress_common::{EGRESS_PROGRAM, RuleHits, counter, dns::DnsConfig, maps, programs};
+use egress_common::{
+    EGRESS_PROGRAM, RuleHits, counter,
+    dns::{DnsConfig, Learned, LearnedKey},
+    maps, programs,
+};
 pub use generation::{Applied, GenerationWriter};
 use pins::{PinDir, PinError};
 
@@ -304,6 +308,13 @@ impl Datapath {
         take(&mut self.ebpf, maps::EVENTS)
     }
 
+    /// Takes the learned-address map, to count its entries; call once.
+    pub fn take_learned(&mut self) -> Result<LearnedAddresses, DatapathError> {
+        Ok(LearnedAddresses {
+            map: take(&mut self.ebpf, maps::LEARNED)?,
+        })
+    }
+
     /// Takes the ring buffer of DNS answers; call once.
     pub fn take_dns_events(&mut self) -> Result<RingBuf<MapData>, DatapathError> {
         take(&mut self.ebpf, maps::DNS_EVENTS)
@@ -497,6 +508,11 @@ pub struct CounterValues {
     pub events_lost: u64,
     pub malformed: u64,
     pub calls_denied: u64,
+    pub dns_answers: u64,
+    pub dns_learned: u64,
+    pub dns_dropped: u64,
+    pub dns_unread: u64,
+    pub dns_new: u64,
 }
 
 impl Counters {
@@ -511,6 +527,24 @@ impl Counters {
             events_lost: sum(counter::EVENTS_LOST)?,
             malformed: sum(counter::MALFORMED)?,
             calls_denied: sum(counter::CALLS_DENIED)?,
+            dns_answers: sum(counter::DNS_ANSWERS)?,
+            dns_learned: sum(counter::DNS_LEARNED)?,
+            dns_dropped: sum(counter::DNS_DROPPED)?,
+            dns_unread: sum(counter::DNS_UNREAD)?,
+            dns_new: sum(counter::DNS_NEW)?,
         })
+    }
+}
+
+/// The kernel's learned addresses (read only: the kernel writes them).
+pub struct LearnedAddresses {
+    map: aya::maps::HashMap<MapData, LearnedKey, Learned>,
+}
+
+impl LearnedAddresses {
+    /// Entries in the map, expired or not (an expired entry counts for nothing, and is
+    /// replaced or evicted like any other).
+    pub fn entries(&self) -> u64 {
+        self.map.keys().filter(Result::is_ok).count() as u64
     }
 }

@@ -99,6 +99,53 @@ pub fn render(status: &Status, rules: &Rules) -> String {
     for map in &status.maps {
         out.sample("egress_map_capacity", &[("map", &map.name)], map.capacity);
     }
+    let dns = &status.dns;
+    for (name, kind, help, value) in [
+        (
+            "egress_dns_answers_total",
+            "counter",
+            "DNS answers the kernel read.",
+            dns.answers,
+        ),
+        (
+            "egress_dns_learned_total",
+            "counter",
+            "Addresses recorded or refreshed from answers whose names a host rule matched.",
+            dns.learned,
+        ),
+        (
+            "egress_dns_dropped_total",
+            "counter",
+            "DNS answers dropped: not completely readable, for workloads with host rules.",
+            dns.dropped,
+        ),
+        (
+            "egress_dns_unread_total",
+            "counter",
+            "DNS answers not completely readable, delivered (no host rules apply).",
+            dns.unread,
+        ),
+        (
+            "egress_dns_learned_entries",
+            "gauge",
+            "Entries in the learned-address map.",
+            dns.learned_entries,
+        ),
+        (
+            "egress_dns_learned_capacity",
+            "gauge",
+            "Capacity of the learned-address map.",
+            dns.learned_capacity,
+        ),
+        (
+            "egress_dns_learned_evicted_total",
+            "counter",
+            "Learned addresses evicted (least recently used) because the map was full.",
+            dns.learned_evicted,
+        ),
+    ] {
+        out.single(name, kind, help, value);
+    }
     out.single(
         "egress_generation",
         "gauge",
@@ -176,7 +223,9 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::protocol::{AttachStatus, EventStats, MapUsage, ReloadStats, RuleStatus};
+    use crate::control::protocol::{
+        AttachStatus, DnsStats, EventStats, MapUsage, ReloadStats, RuleStatus,
+    };
 
     #[test]
     fn every_series_is_rendered_with_escaped_labels() {
@@ -208,6 +257,10 @@ mod tests {
                 applied: 4,
                 rejected: 1,
             },
+            dns: DnsStats {
+                learned_evicted: 8,
+                ..DnsStats::default()
+            },
         };
         let rules = Rules {
             generation: 3,
@@ -234,6 +287,7 @@ mod tests {
             r#"egress_map_entries{map="EGRESS_PORTS"} 7"#,
             r#"egress_map_capacity{map="EGRESS_PORTS"} 9"#,
             "egress_generation 3",
+            "egress_dns_learned_evicted_total 8",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
