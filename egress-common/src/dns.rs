@@ -125,6 +125,14 @@ pub struct DnsConfig {
     pub max_ttl_ns: u64,
 }
 
+/// Answer records the kernel reads (CNAME, A, AAAA and any other); an answer with more is
+/// unreadable.
+pub const MAX_ANSWER_RECORDS: usize = 32;
+/// CNAME records of one answer the kernel follows; more make it unreadable.
+pub const MAX_CNAME_RECORDS: usize = 8;
+/// Labels of one name; a name with more is unreadable.
+pub const MAX_NAME_LABELS: usize = 32;
+
 /// Largest DNS message the kernel reads (and sends to the agent). Larger answers are not
 /// learned from, and not delivered to workloads with host rules.
 pub const MAX_MESSAGE: usize = 2047;

@@ -115,6 +115,30 @@ pub mod programs {
     /// `cgroup_skb/ingress`, never attached: reads DNS answers, reached by tail call from
     /// [`INGRESS`] through [`crate::maps::DNS_PROGRAM`].
     pub const DNS: &str = "egress_dns_skb";
+    /// The next stages of the DNS reader, chained by tail calls ([`crate::dns_slots`]).
+    pub const DNS_RECORDS: &str = "egress_dns_records";
+    pub const DNS_NAMES: &str = "egress_dns_names";
+    pub const DNS_LEARN: &str = "egress_dns_learn";
+}
+
+/// Slots of [`maps::DNS_PROGRAM`].
+pub mod dns_slots {
+    /// [`crate::programs::DNS`]: the message and its question.
+    pub const START: u32 = 0;
+    /// [`crate::programs::DNS_RECORDS`]: answer records, a few per run.
+    pub const RECORDS: u32 = 1;
+    /// [`crate::programs::DNS_NAMES`]: CNAME targets' names, a few per run.
+    pub const NAMES: u32 = 2;
+    /// [`crate::programs::DNS_LEARN`]: recording the addresses, then the event.
+    pub const LEARN: u32 = 3;
+    pub const COUNT: u32 = 4;
+    /// Program and slot, in the order the agent fills them.
+    pub const PROGRAMS: [(&str, u32); 4] = [
+        (crate::programs::DNS, START),
+        (crate::programs::DNS_RECORDS, RECORDS),
+        (crate::programs::DNS_NAMES, NAMES),
+        (crate::programs::DNS_LEARN, LEARN),
+    ];
 }
 
 /// Name of the egress program in the object file.

@@ -99,7 +99,7 @@ pub fn egress_ingress_skb(ctx: SkBuffContext) -> i32 {
 /// the answer is then unread, and dropped for workloads with host rules.
 fn answer_verdict(ctx: &SkBuffContext, scope: &ScopeValue) -> i32 {
     // SAFETY: a tail call with this program's own context.
-    unsafe { EGRESS_DNS_PROGRAM.tail_call(ctx, 0) };
+    unsafe { EGRESS_DNS_PROGRAM.tail_call(ctx, egress_common::dns_slots::START) };
     dns_program::unread(scope)
 }
 

@@ -98,10 +98,11 @@ pub static EGRESS_DNS_CONFIG: Array<DnsConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static EGRESS_DNS_EVENTS: RingBuf = RingBuf::with_byte_size(capacity::DNS_EVENTS_BYTES, 0);
 
-/// Slot 0: `egress_dns_skb`, the DNS answer reader the ingress program tail-calls. Filled by
-/// the agent after loading.
+/// The DNS answer reader's programs (`egress_common::dns_slots`): the ingress program
+/// tail-calls slot 0, which goes on to the others. Filled by the agent after loading.
 #[map]
-pub static EGRESS_DNS_PROGRAM: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static EGRESS_DNS_PROGRAM: ProgramArray =
+    ProgramArray::with_max_entries(egress_common::dns_slots::COUNT, 0);
 
 /// Per-CPU working memory of `dns.rs`; not shared with the agent.
 #[map]

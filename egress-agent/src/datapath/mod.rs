@@ -22,7 +22,7 @@ use aya::{
 use egress_common::{
     EGRESS_PROGRAM, RuleHits, counter,
     dns::{DnsConfig, Learned, LearnedKey},
-    maps, programs,
+    dns_slots, maps, programs,
 };
 pub use generation::{Applied, GenerationWriter};
 use pins::{PinDir, PinError};
@@ -367,30 +367,37 @@ impl Drop for Datapath {
 
 /// Removes the pins of every other program version, which detaches its programs. Called
 /// only once this version's programs are attached, so enforcement never pauses.
-/// Loads the DNS answer reader and puts it in the slot the ingress program tail-calls. With
-/// pinned maps the slot may already hold an earlier agent's copy of the same program; it is
+/// Loads the DNS answer reader's programs and puts each in its tail-call slot. With pinned
+/// maps the slots may already hold an earlier agent's copies of the same programs; each is
 /// replaced in one update, so answers are read throughout.
 fn load_dns_reader(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
-    let name = programs::DNS;
-    let program: &mut CgroupSkb = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::Missing {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(|source| DatapathError::Verify { name, source })?;
-    program
-        .load()
-        .map_err(|source| DatapathError::Verify { name, source })?;
-    let fd = program
-        .fd()
-        .map_err(|source| DatapathError::Verify { name, source })?
-        .try_clone()
-        .map_err(|source| DatapathError::Verify {
-            name,
-            source: source.into(),
-        })?;
+    let mut fds = Vec::with_capacity(dns_slots::PROGRAMS.len());
+    for (name, slot) in dns_slots::PROGRAMS {
+        let program: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Missing {
+                kind: "program",
+                name,
+            })?
+            .try_into()
+            .map_err(|source| DatapathError::Verify { name, source })?;
+        program
+            .load()
+            .map_err(|source| DatapathError::Verify { name, source })?;
+        let fd = program
+            .fd()
+            .map_err(|source| DatapathError::Verify { name, source })?
+            .try_clone()
+            .map_err(|source| DatapathError::Verify {
+                name,
+                source: source.into(),
+            })?;
+        fds.push((slot, fd));
+    }
+    let fail = |source| DatapathError::Map {
+        name: maps::DNS_PROGRAM,
+        source,
+    };
     let mut slots: ProgramArray<&mut MapData> = ebpf
         .map_mut(maps::DNS_PROGRAM)
         .ok_or(DatapathError::Missing {
@@ -398,14 +405,12 @@ fn load_dns_reader(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
             name: maps::DNS_PROGRAM,
         })?
         .try_into()
-        .map_err(|source| DatapathError::Map {
-            name: maps::DNS_PROGRAM,
-            source,
-        })?;
-    slots.set(0, &fd, 0).map_err(|source| DatapathError::Map {
-        name: maps::DNS_PROGRAM,
-        source,
-    })
+        .map_err(fail)?;
+    // The later stages first: the first stage hands on to them as soon as it is in place.
+    for (slot, fd) in fds.iter().rev() {
+        slots.set(*slot, fd, 0).map_err(fail)?;
+    }
+    Ok(())
 }
 
 fn remove_other_versions(pins: &PinDir) -> Result<(), PinError> {
