@@ -9,6 +9,8 @@
 mod fake_api;
 #[path = "kubernetes/traffic.rs"]
 mod traffic;
+#[path = "kubernetes/uncovered.rs"]
+mod uncovered;
 
 use std::time::Duration;
 

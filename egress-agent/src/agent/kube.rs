@@ -25,6 +25,7 @@ use crate::{
         source::KubePolicies,
         state::Snapshot,
         status::StatusWriter,
+        uncovered::UncoveredPods,
         watch::{KubeOptions, KubeSource},
     },
     source::PolicySource,
@@ -43,6 +44,12 @@ pub enum Driver {
     Cgroupfs,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Uncovered {
+    Allow,
+    Deny,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct KubeArgs {
     /// Enforce the cluster's EgressPolicy objects, with pod selectors resolved on this node,
@@ -58,6 +65,12 @@ pub struct KubeArgs {
     /// Where the kubelet's `kubepods` hierarchy sits below the cgroup2 root.
     #[arg(long, value_name = "PATH", default_value = "/")]
     pub kube_cgroup_parent: String,
+    /// The traffic of pods the watch does not know yet (a pod can start before the agent hears
+    /// of it): `allow` leaves it ungoverned until its policy is written; `deny` denies it, and
+    /// everything else below the kubepods cgroup, as the policy `kubernetes-uncovered` until
+    /// then. See docs/kubernetes.md for the trade-off.
+    #[arg(long, value_enum, value_name = "ACTION", default_value_t = Uncovered::Allow)]
+    pub kube_uncovered_pods: Uncovered,
     /// A kubeconfig file to reach the API server with (default: in-cluster, else KUBECONFIG
     /// or ~/.kube/config).
     #[arg(long, value_name = "PATH")]
@@ -84,6 +97,7 @@ impl KubeMode {
             node_name,
             kube_cgroup_driver,
             kube_cgroup_parent,
+            kube_uncovered_pods,
             kubeconfig,
         } = args;
         if !kubernetes {
@@ -107,8 +121,16 @@ impl KubeMode {
             None => infer_client().await,
         }
         .context("connecting to the Kubernetes API")?;
-        tracing::info!(%node, ?driver, parent = %layout.parent, "Kubernetes mode: watching EgressPolicy objects and this node's pods");
-        let source = KubeSource::spawn(client.clone(), KubeOptions::new(node.clone(), layout));
+        let uncovered = match kube_uncovered_pods {
+            Uncovered::Allow => UncoveredPods::Allow,
+            Uncovered::Deny => UncoveredPods::Deny,
+        };
+        tracing::info!(%node, ?driver, parent = %layout.parent, ?uncovered, "Kubernetes mode: watching EgressPolicy objects and this node's pods");
+        let options = KubeOptions {
+            uncovered,
+            ..KubeOptions::new(node.clone(), layout)
+        };
+        let source = KubeSource::spawn(client.clone(), options);
         let (reports, receiver) = watch::channel(None);
         let status_task = tokio::spawn(write_status(StatusWriter::new(client, node), receiver));
         Ok(Some(Self {

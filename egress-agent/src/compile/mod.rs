@@ -288,7 +288,8 @@ fn cgroup_classes(
     out: &mut Compiled,
 ) -> Result<Vec<(u32, Vec<usize>)>, CompileError> {
     let mut paths = BTreeSet::new();
-    let normalized = |p: &String| Some(p.trim_end_matches('/').to_string()).filter(|p| !p.is_empty());
+    let normalized =
+        |p: &String| Some(p.trim_end_matches('/').to_string()).filter(|p| !p.is_empty());
     for selector in all.iter().map(|p| &p.selector) {
         paths.extend(selector.cgroups.iter().cloned());
         // An excluded path must be listed: the kernel uses the deepest listed ancestor, which

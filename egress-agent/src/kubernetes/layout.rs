@@ -83,6 +83,14 @@ impl Layout {
         format!("{}/{rest}", self.parent.trim_end_matches('/'))
     }
 
+    /// The cgroup every pod's cgroup lies below (with the QoS class cgroups between).
+    pub fn kubepods_root(&self) -> String {
+        self.join(match self.driver {
+            CgroupDriver::Systemd => "kubepods.slice",
+            CgroupDriver::Cgroupfs => "kubepods",
+        })
+    }
+
     /// The pod's cgroup path. `uid` must be a UUID (hex and `-`), as the API server assigns.
     pub fn pod_path(&self, uid: &str, qos: QosClass) -> Result<String, KubernetesError> {
         if uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
@@ -230,6 +238,11 @@ mod tests {
             l.pod_path(UID, QosClass::Guaranteed).expect("valid uid"),
             format!("/kubelet/kubepods/pod{UID}")
         );
+        assert_eq!(l.kubepods_root(), "/kubelet/kubepods");
+        let sd = Layout::new(CgroupDriver::Systemd);
+        assert_eq!(sd.kubepods_root(), "/kubepods.slice");
+        let pod = sd.pod_path(UID, QosClass::Guaranteed).expect("valid uid");
+        assert!(pod.starts_with("/kubepods.slice/"), "{pod}");
     }
 
     #[test]

@@ -19,6 +19,9 @@ mod schema_check;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod uncovered;
+#[cfg(test)]
+mod uncovered_tests;
 pub mod watch;
 
 pub use layout::{CgroupDriver, ContainerId, Layout, QosClass, Runtime};

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use sha2::{Digest as _, Sha256};
 
 use super::state::Snapshot;
+use super::uncovered::UNCOVERED_POLICY;
 use crate::policy::{LoadError, PodSelector, PolicySet};
 
 /// One snapshot's enforceable part. Two are equal when their digests are: same objects, same
@@ -40,6 +41,12 @@ impl KubePolicies {
         // The pods are part of what is enforced: a pod that comes or goes changes the digest.
         let pods: BTreeMap<&PodSelector, &Vec<String>> = snapshot.pods.iter().collect();
         hasher.update(format!("{pods:?}").as_bytes());
+        // So are the known pods the policy for uncovered ones leaves out (no document has it).
+        for policy in snapshot.set.policies.iter() {
+            if policy.name == UNCOVERED_POLICY {
+                hasher.update(format!("{:?}", policy.selector).as_bytes());
+            }
+        }
         let digest = hasher
             .finalize()
             .iter()

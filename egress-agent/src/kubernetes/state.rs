@@ -8,6 +8,7 @@ use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
 use super::crd::{GROUP, KIND, VERSION};
+use super::uncovered::{UNCOVERED_POLICY, UncoveredPods, reserved_name_error, uncovered_policy};
 use super::{Layout, Owner, Pod, resolve};
 use crate::compile::CgroupResolution;
 use crate::policy::{Diagnostic, PodSelector, PolicySet, parse_str};
@@ -112,7 +113,7 @@ impl Snapshot {
             owners,
             stale,
         } = self;
-        // `set` is a function of `policies`.
+        // `set` is a function of `policies` and of the pods' paths, which `owners` holds.
         policies.len() == other.policies.len()
             && policies
                 .iter()
@@ -174,11 +175,21 @@ impl KubeState {
         }
     }
 
-    /// The snapshot of the current objects, pods placed with `layout`.
-    pub fn snapshot(&self, layout: &Layout, stale: bool) -> Snapshot {
-        let policies: Vec<PolicyEntry> = self.policies.values().cloned().collect();
-        let mut warnings: Vec<Diagnostic> = Vec::new();
+    /// The snapshot of the current objects, pods placed with `layout`; with
+    /// [`UncoveredPods::Deny`] the set also holds the [`uncovered_policy`] for the pods known.
+    pub fn snapshot(&self, layout: &Layout, uncovered: UncoveredPods, stale: bool) -> Snapshot {
+        let mut policies: Vec<PolicyEntry> = self.policies.values().cloned().collect();
+        let pods: Vec<Pod> = self.pods.values().cloned().collect();
         let mut valid = Vec::new();
+        if uncovered == UncoveredPods::Deny {
+            // Pods without a QoS class cannot be placed: they stay uncovered, hence denied.
+            let known = pods.iter().filter_map(|p| p.cgroup_path(layout).ok());
+            valid.push(uncovered_policy(layout, &known.collect()));
+            for entry in policies.iter_mut().filter(|e| e.name == UNCOVERED_POLICY) {
+                entry.parsed = Err(reserved_name_error());
+            }
+        }
+        let mut warnings: Vec<Diagnostic> = Vec::new();
         for entry in &policies {
             if let Ok(set) = &entry.parsed {
                 warnings.extend(set.warnings.iter().cloned());
@@ -187,7 +198,6 @@ impl KubeState {
         }
         let mut set = PolicySet::new(valid);
         set.warnings = warnings;
-        let pods: Vec<Pod> = self.pods.values().cloned().collect();
         let resolution = resolve(&set, &pods, layout);
         // Pods without a QoS class are in `pod_errors` already.
         let owners = pods

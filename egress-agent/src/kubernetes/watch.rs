@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use super::Layout;
 use super::client::{egress_policies, pods};
 use super::state::{KubeState, Snapshot};
+use super::uncovered::UncoveredPods;
 
 /// Configuration of [`KubeSource`].
 #[derive(Clone, Debug)]
@@ -29,6 +30,8 @@ pub struct KubeOptions {
     /// This node's name (the DaemonSet passes `spec.nodeName` as `NODE_NAME`).
     pub node: String,
     pub layout: Layout,
+    /// What happens to the traffic of pods not known yet.
+    pub uncovered: UncoveredPods,
     /// Pause before retrying a failed request.
     pub retry: Duration,
     /// `timeoutSeconds` of each watch request; the server ends the stream then and the watch
@@ -41,6 +44,7 @@ impl KubeOptions {
         Self {
             node: node.into(),
             layout,
+            uncovered: UncoveredPods::Allow,
             retry: Duration::from_secs(2),
             watch_timeout: 290,
         }
@@ -63,6 +67,7 @@ impl KubeSource {
         let KubeOptions {
             node,
             layout,
+            uncovered,
             retry,
             watch_timeout,
         } = options;
@@ -71,6 +76,7 @@ impl KubeSource {
             inner: Mutex::new(Inner::default()),
             tx,
             layout,
+            uncovered,
         });
         let pod_fields = format!("spec.nodeName={node}");
         let policies = Resource {
@@ -147,6 +153,7 @@ struct Shared {
     inner: Mutex<Inner>,
     tx: watch::Sender<Option<Snapshot>>,
     layout: Layout,
+    uncovered: UncoveredPods,
 }
 
 impl Shared {
@@ -171,7 +178,7 @@ impl Shared {
         if !inner.synced.iter().all(|s| *s) {
             return;
         }
-        let snapshot = inner.state.snapshot(&self.layout, stale);
+        let snapshot = inner.state.snapshot(&self.layout, self.uncovered, stale);
         self.tx.send_if_modified(|last| match last {
             Some(last) if last.same_as(&snapshot) => false,
             _ => {
