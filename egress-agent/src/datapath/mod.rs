@@ -5,6 +5,7 @@ pub mod btf;
 pub mod generation;
 pub mod pins;
 pub mod test_run;
+pub mod test_run_dns;
 
 use std::{fs::File, path::PathBuf};
 

@@ -67,30 +67,7 @@ pub struct Packet {
 impl Packet {
     pub fn frame(&self) -> Vec<u8> {
         let (protocol, payload) = self.transport_bytes();
-        let mut frame = Vec::with_capacity(14 + 40 + payload.len());
-        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1]);
-        match (self.src, self.dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => {
-                frame.extend_from_slice(&0x0800u16.to_be_bytes());
-                let total = u16::try_from(20 + payload.len()).unwrap_or(u16::MAX);
-                frame.extend_from_slice(&[0x45, 0]);
-                frame.extend_from_slice(&total.to_be_bytes());
-                frame.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
-                frame.extend_from_slice(&src.octets());
-                frame.extend_from_slice(&dst.octets());
-            }
-            (src, dst) => {
-                frame.extend_from_slice(&0x86DDu16.to_be_bytes());
-                let payload_len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
-                frame.extend_from_slice(&[0x60, 0, 0, 0]);
-                frame.extend_from_slice(&payload_len.to_be_bytes());
-                frame.extend_from_slice(&[protocol, 64]);
-                frame.extend_from_slice(&v6_octets(src));
-                frame.extend_from_slice(&v6_octets(dst));
-            }
-        }
-        frame.extend_from_slice(&payload);
-        frame
+        ip_frame(self.src, self.dst, protocol, &payload)
     }
 
     fn transport_bytes(&self) -> (u8, Vec<u8>) {
@@ -118,6 +95,35 @@ impl Packet {
             Transport::Other(protocol) => (protocol, vec![0u8; 8]),
         }
     }
+}
+
+/// An Ethernet frame holding an IP packet from `src` to `dst` (IPv6 unless both are IPv4)
+/// with `payload` as its transport header and data.
+pub(super) fn ip_frame(src: IpAddr, dst: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(14 + 40 + payload.len());
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1]);
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            frame.extend_from_slice(&0x0800u16.to_be_bytes());
+            let total = u16::try_from(20 + payload.len()).unwrap_or(u16::MAX);
+            frame.extend_from_slice(&[0x45, 0]);
+            frame.extend_from_slice(&total.to_be_bytes());
+            frame.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
+            frame.extend_from_slice(&src.octets());
+            frame.extend_from_slice(&dst.octets());
+        }
+        (src, dst) => {
+            frame.extend_from_slice(&0x86DDu16.to_be_bytes());
+            let payload_len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
+            frame.extend_from_slice(&[0x60, 0, 0, 0]);
+            frame.extend_from_slice(&payload_len.to_be_bytes());
+            frame.extend_from_slice(&[protocol, 64]);
+            frame.extend_from_slice(&v6_octets(src));
+            frame.extend_from_slice(&v6_octets(dst));
+        }
+    }
+    frame.extend_from_slice(payload);
+    frame
 }
 
 fn v6_octets(ip: IpAddr) -> [u8; 16] {
