@@ -26,13 +26,14 @@ pub struct Destination {
 /// The egress decision for a packet or call to `to`. `names_of`: the cgroup whose learned
 /// names count, or 0 when no policy has host rules. (Not an `Option`: a `None` passed to a
 /// function the compiler keeps out of line leaves its payload register unset, and the
-/// verifier rejects reading an unset register.)
-pub fn decide(scope: &ScopeValue, to: &Destination, names_of: u64) -> Decision {
+/// verifier rejects reading an unset register.) `established`: a packet of a TCP connection
+/// past its SYN, which keeps the names its address was learned for after they expire.
+pub fn decide(scope: &ScopeValue, to: &Destination, names_of: u64, established: bool) -> Decision {
     let by_address = decide_in(scope.scope, &scope.default, to);
     if names_of == 0 {
         return by_address;
     }
-    names::merge_learned(&by_address, scope, to, names_of)
+    names::merge_learned(&by_address, scope, to, names_of, established)
 }
 
 /// The ingress decision for a new inbound flow: `from` holds the remote (source) address

@@ -74,6 +74,7 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
         } else {
             0
         },
+        packet.protocol == packet::IPPROTO_TCP && !packet.tcp_syn,
     );
     // TCP: the SYN that opens a connection is reported; later segments belong to it, unless
     // they are dropped (a connection opened before the policy denied it): the first of those

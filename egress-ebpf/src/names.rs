@@ -78,6 +78,7 @@ pub fn merge_learned(
     scope: &ScopeValue,
     to: &Destination,
     cgroup_id: u64,
+    established: bool,
 ) -> Decision {
     let Some(keys) = EGRESS_NAME_KEYS.get_ptr_mut(0) else {
         return *decision;
@@ -94,8 +95,11 @@ pub fn merge_learned(
     let Some(learned) = (unsafe { EGRESS_LEARNED.get(&keys.learned) }) else {
         return *decision;
     };
+    // A record's TTL says how long the address may be used for *new* connections: a TCP
+    // connection opened while the name held keeps it (as long as the entry is in the map),
+    // or an allow-listed download would be cut when the TTL runs out.
     // SAFETY: a plain helper call.
-    if learned.expires_boot_ns <= unsafe { bpf_ktime_get_boot_ns() } {
+    if !established && learned.expires_boot_ns <= unsafe { bpf_ktime_get_boot_ns() } {
         return *decision;
     }
     let mut merged = *decision;

@@ -122,7 +122,7 @@ fn judge(ctx: &SockAddrContext, ip_version: u8, dst: [u8; 16], port: u32, protoc
     } else {
         0
     };
-    let decision = classify::decide(&scope, &to, names_of);
+    let decision = classify::decide(&scope, &to, names_of, false);
     if decision.verdict != verdict::DENY {
         return PROCEED;
     }

@@ -237,6 +237,29 @@ fn learned_addresses_expire_and_changed_answers_are_followed() {
     assert_refused(&world.connect(old), "the old address after the change");
 }
 
+#[test]
+fn a_connection_opened_while_the_name_held_outlives_its_ttl() {
+    let ip = addr(MISC, 0x12);
+    let world = World::new("dnshold", 1, &hosts(&[("long.ttl.test", ip)]), &[]);
+    let rules = allow_dns_rule() + &host_rule("allow-long", "allow", &["long.ttl.test"]);
+    let _agent = world.agent(
+        &world.policy("deny", &rules, false),
+        &["--dns-grace-seconds", "1"],
+    );
+    // TTL 1 s + grace 1 s: a new connection 4 s later is refused (the test above), but the
+    // one opened in time keeps working, as a download to an allowed name must.
+    let (connected, answered) = world.resolve_hold("long.ttl.test", Duration::from_secs(4));
+    assert!(connected, "the allowed name connects");
+    assert!(
+        answered,
+        "the connection opened in time works after the TTL"
+    );
+    assert_refused(
+        &world.connect(ip),
+        "a new connection after the TTL and grace",
+    );
+}
+
 /// A record of a connection to `ip` with `verdict` (waits up to 10 s for one).
 fn record_for(agent: &AgentGuard, ip: IpAddr, verdict: &str) -> Value {
     let ip = ip.to_string();

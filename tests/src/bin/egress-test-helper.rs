@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         ["resolve-connect", resolv, pattern, count, port, ms, wall_ms] => {
             resolve_connect(resolv, pattern, count, port, ms, wall_ms)
         }
+        ["resolve-hold", resolv, name, port, hold_ms] => resolve_hold(resolv, name, port, hold_ms),
         ["sleep", secs] => secs
             .parse()
             .map_err(|e| format!("bad seconds: {e}"))
@@ -162,7 +163,8 @@ fn serve_tcp(listener: &TcpListener, local: SocketAddr) {
         };
         event("tcp", local, peer);
         thread::spawn(move || {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            // Long enough for a client that holds its connection before asking (resolve-hold).
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
             let mut request = Vec::new();
             let mut buf = [0u8; 1024];
             while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
@@ -383,5 +385,39 @@ fn resolve_connect(
         tally.attempt(&name, port, Duration::from_millis(timeout));
     }
     println!("{}", tally.summary());
+    Ok(true)
+}
+
+/// `resolve-hold RESOLV NAME PORT HOLD_MS`: resolves NAME with the system resolver, connects
+/// over TCP, waits HOLD_MS, then sends an HTTP request and reads the answer (3 s at most);
+/// prints `{"connected":..,"answered":..}`. Shows whether a connection outlives its name.
+fn resolve_hold(resolv_conf: &str, name: &str, port: &str, hold_ms: &str) -> Result<bool, String> {
+    let port: u16 = port.parse().map_err(|e| format!("bad port {port}: {e}"))?;
+    let hold: u64 = hold_ms
+        .parse()
+        .map_err(|e| format!("bad hold {hold_ms}: {e}"))?;
+    private_resolv_conf(resolv_conf)?;
+    let addr = (name, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {name}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("no address for {name}"))?;
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(3)) else {
+        println!(
+            "{}",
+            serde_json::json!({"connected": false, "answered": false})
+        );
+        return Ok(true);
+    };
+    thread::sleep(Duration::from_millis(hold));
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
+    let mut answer = Vec::new();
+    let answered = stream.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok()
+        && stream.read_to_end(&mut answer).is_ok()
+        && answer.starts_with(b"HTTP/1.0 200");
+    println!(
+        "{}",
+        serde_json::json!({"connected": true, "answered": answered})
+    );
     Ok(true)
 }

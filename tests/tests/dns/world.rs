@@ -251,6 +251,28 @@ impl World {
         Summary(value)
     }
 
+    /// Resolves `name`, connects, holds the connection `hold`, then asks the server over it;
+    /// (connected, answered).
+    pub fn resolve_hold(&self, name: &str, hold: Duration) -> (bool, bool) {
+        let resolv = self.dns.resolv_conf();
+        let mut cmd = self
+            .placement()
+            .command(helper_bin().expect("helper"))
+            .expect("placement");
+        cmd.arg("resolve-hold").arg(&resolv).args([
+            name.to_owned(),
+            PORT.to_string(),
+            hold.as_millis().to_string(),
+        ]);
+        let out = run_bounded(&mut cmd, "resolve-hold", hold + Duration::from_secs(20))
+            .expect("helper runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "resolve-hold {name}: {stdout}");
+        let value: Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("resolve-hold printed {stdout:?}: {e}"));
+        (value["connected"] == true, value["answered"] == true)
+    }
+
     /// Resolves `name` once and connects to it.
     pub fn resolve_connect_one(&self, name: &str) -> Summary {
         self.resolve_connect(name, 1, Duration::from_secs(20))
