@@ -9,13 +9,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    BenchArgs,
+    BenchArgs, Only,
     agent::{self, Sweep},
-    apply,
+    apply, dns,
     empty_prog::EmptyProgram,
     env::Env,
     kernel,
-    report::Report,
+    report::{self, Report},
     traffic::{self, Timing},
     udp_flood, workers,
 };
@@ -98,6 +98,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(flood) = &args.udp_worker {
         return udp_flood::run(flood);
     }
+    if let Some(dns_args) = &args.dns_worker {
+        return super::dns_worker::run(dns_args);
+    }
     let plan = Plan::new(args.quick);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -110,17 +113,38 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             root.join("docs/benchmarks.md")
         }
     });
-    let started = Instant::now();
-    let mut report = Report::default();
-    let result = measure_all(&plan, &root, &mut report);
-    if let Err(err) = &result {
-        report.gaps.push(format!("the run stopped early: {err:#}"));
+    let mut gaps = Vec::new();
+    if args.only.is_none() {
+        let started = Instant::now();
+        let mut report = Report::default();
+        let result = measure_all(&plan, &root, &mut report);
+        if let Err(err) = &result {
+            report.gaps.push(format!("the run stopped early: {err:#}"));
+        }
+        report.write(&output, plan.quick, started.elapsed().as_secs_f64())?;
+        println!("bench: wrote {}", output.display());
+        result?;
+        gaps.extend(report.gaps);
     }
-    report.write(&output, plan.quick, started.elapsed().as_secs_f64())?;
-    println!("bench: wrote {}", output.display());
-    result?;
-    if !report.gaps.is_empty() {
-        bail!("some measures failed: {:?}", report.gaps);
+    if args.only.is_none_or(|only| only == Only::Dns) {
+        let started = Instant::now();
+        let mut report = Report::default();
+        let result = dns::measure_all(&dns::Plan::new(plan.quick), &root, &mut report);
+        if let Err(err) = &result {
+            report.gaps.push(format!("the run stopped early: {err:#}"));
+        }
+        report.write_between(
+            &output,
+            plan.quick,
+            started.elapsed().as_secs_f64(),
+            (report::DNS_BEGIN, report::DNS_END),
+        )?;
+        println!("bench: wrote {} (hostname rules)", output.display());
+        result?;
+        gaps.extend(report.gaps);
+    }
+    if !gaps.is_empty() {
+        bail!("some measures failed: {gaps:?}");
     }
     Ok(())
 }

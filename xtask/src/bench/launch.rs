@@ -50,5 +50,8 @@ pub fn relaunch(args: &BenchArgs) -> Result<()> {
     if let Some(output) = &args.output {
         cmd.arg("--output").arg(output);
     }
+    if let Some(only) = args.only {
+        cmd.args(["--only", &format!("{only:?}").to_lowercase()]);
+    }
     util::run(&mut cmd)
 }

@@ -17,6 +17,10 @@ mod agent_proc;
 #[cfg(feature = "bench")]
 mod apply;
 #[cfg(feature = "bench")]
+mod dns;
+#[cfg(feature = "bench")]
+mod dns_worker;
+#[cfg(feature = "bench")]
 mod driver;
 #[cfg(feature = "bench")]
 mod empty_prog;
@@ -54,6 +58,9 @@ pub struct BenchArgs {
     /// Where to write the report.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Run only these measures (their block of the report is replaced, the rest kept).
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
     /// Internal: open short connections to ADDR for SECS seconds from THREADS threads (run
     /// inside the namespaces).
     #[arg(long, hide = true, num_args = 3, value_names = ["ADDR", "SECS", "THREADS"])]
@@ -64,6 +71,16 @@ pub struct BenchArgs {
     /// Internal: accept and close connections on ADDR.
     #[arg(long, hide = true, value_name = "ADDR")]
     pub accept_worker: Option<String>,
+    /// Internal: the DNS client of measures 7 and 8 (see bench/dns_worker.rs).
+    #[arg(long, hide = true, num_args = 1.., allow_hyphen_values = true)]
+    pub dns_worker: Option<Vec<String>>,
+}
+
+/// Groups of measures `--only` can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// Hostname rules: DNS answer latency and learned-address capacity (measures 7, 8).
+    Dns,
 }
 
 /// Runs the benchmarks (with the `bench` feature), or sets up and re-runs with it.

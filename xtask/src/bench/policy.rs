@@ -137,6 +137,7 @@ pub fn policy_set(spec: &Spec) -> PolicySet {
             units: Vec::new(),
             uids: Vec::new(),
             pods: None,
+            excluded: Vec::new(),
         },
         mode: Mode::Enforce,
         default_action: Action::Allow,
