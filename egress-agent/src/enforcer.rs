@@ -9,7 +9,7 @@ use std::{
 use crate::{
     audit::{AuditLog, RuleNames, clock::rfc3339, record::PolicyRecord},
     cgroup::Hierarchy,
-    compile::{self, CgroupResolution, Compiled},
+    compile::{self, CgroupResolution, Compiled, NameSetHistory},
     control::{self, protocol::PolicyDiff},
     datapath::{Applied, GenerationWriter},
     policy::{self, PolicySet},
@@ -32,6 +32,8 @@ pub struct Enforcer {
     audit: Arc<Mutex<AuditLog>>,
     rule_names: Arc<Mutex<RuleNames>>,
     active: Option<Active>,
+    /// Name sets of the generations applied so far, carried into the next ones.
+    name_sets: NameSetHistory,
 }
 
 /// What the active generation was built from.
@@ -74,6 +76,7 @@ impl Enforcer {
             audit,
             rule_names,
             active: None,
+            name_sets: NameSetHistory::default(),
         }
     }
 
@@ -101,7 +104,12 @@ impl Enforcer {
     pub fn dry_run(&self, source: &PolicySource) -> Result<PolicyDiff, EnforceError> {
         let policies = source.load()?;
         let resolution = self.resolve(source, &policies);
-        compile::compile(&policies, &resolution, self.writer.next_parity())?;
+        compile::compile_carrying(
+            &policies,
+            &resolution,
+            self.writer.next_parity(),
+            &self.name_sets.carried(),
+        )?;
         Ok(control::diff::diff(self.active_policies(), &policies))
     }
 
@@ -241,8 +249,14 @@ impl Enforcer {
         policies: &PolicySet,
         resolution: &CgroupResolution,
     ) -> Result<(Applied, MapEntries), EnforceError> {
-        let compiled: Compiled = compile::compile(policies, resolution, self.writer.next_parity())?;
+        let compiled: Compiled = compile::compile_carrying(
+            policies,
+            resolution,
+            self.writer.next_parity(),
+            &self.name_sets.carried(),
+        )?;
         let applied = self.writer.apply(&compiled, &self.hierarchy)?;
+        self.name_sets.record(&compiled.name_sets);
         for path in &applied.missing_cgroups {
             tracing::warn!(cgroup = %path, "a selected cgroup does not exist; it governs nothing until it does");
         }

@@ -30,7 +30,8 @@ use crate::policy::{Policy, Rule};
 /// The set ids of a generation and the canonical patterns of each rule with host entries.
 #[derive(Default)]
 pub(super) struct HostIndex {
-    /// Distinct nonzero sets, with their patterns.
+    /// Distinct nonzero sets, with their patterns: this generation's, then those carried
+    /// from earlier ones that this one does not hand out.
     sets: Vec<(NameSetId, BTreeSet<String>)>,
     /// Rule id to its canonical patterns (rules with host entries only).
     rule_patterns: HashMap<u32, BTreeSet<String>>,
@@ -56,7 +57,11 @@ pub fn name_set_id(patterns: &BTreeSet<String>) -> NameSetId {
 
 /// Writes the `HOSTNAMES` entries of all host patterns of `all` into `out` (and the `HOSTS`
 /// flag when there are any); returns what the name classes need.
-pub(super) fn index(all: &[Policy], out: &mut Compiled) -> Result<HostIndex, CompileError> {
+pub(super) fn index(
+    all: &[Policy],
+    carried: &[(NameSetId, BTreeSet<String>)],
+    out: &mut Compiled,
+) -> Result<HostIndex, CompileError> {
     let mut index = HostIndex::default();
     for rule in all.iter().flat_map(|p| &p.rules) {
         for pattern in rule.hosts() {
@@ -126,6 +131,14 @@ pub(super) fn index(all: &[Policy], out: &mut Compiled) -> Result<HostIndex, Com
             id
         };
         out.hostnames.push((host_key_bits(bytes), data, id));
+    }
+    out.name_sets.clone_from(&index.sets);
+    // A set of an earlier generation keeps the rules of the patterns it names that still
+    // exist; patterns added since reach its addresses once they are answered again.
+    for (id, set) in carried {
+        if !seen.contains_key(id) {
+            index.sets.push((*id, set.clone()));
+        }
     }
     Ok(index)
 }

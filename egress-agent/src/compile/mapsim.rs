@@ -103,6 +103,20 @@ impl MapSim {
         protocol: u8,
         port: u16,
     ) -> Decision {
+        self.decide_with_sets(cgroup, uid, dst, &self.name_sets(names), protocol, port)
+    }
+
+    /// [`Self::decide_named`] for a learned entry holding `sets` (which an earlier
+    /// generation may have handed out).
+    pub fn decide_with_sets(
+        &self,
+        cgroup: &str,
+        uid: u32,
+        dst: IpAddr,
+        sets: &[NameSetId],
+        protocol: u8,
+        port: u16,
+    ) -> Decision {
         let Some(scope) = self.scope(cgroup, uid) else {
             return Decision::UNGOVERNED;
         };
@@ -112,7 +126,7 @@ impl MapSim {
         if self.flags & config_flags::HOSTS == 0 {
             return decision;
         }
-        for set in self.name_sets(names) {
+        for set in sets.iter().copied() {
             let key = NameClassKey {
                 scope: scope.scope,
                 _pad: 0,

@@ -5,6 +5,7 @@
 //! in this module replay random packets through [`mapsim`] and the evaluator and compare.
 
 mod addr;
+mod carry;
 #[cfg(test)]
 mod host_proptests;
 #[cfg(test)]
@@ -29,6 +30,7 @@ use egress_common::{
 
 use crate::eval::{decision_for, ingress_decision_for};
 use crate::policy::{Family, PodSelector, Policy, PolicySet, Rule, RuleInfo, Selector};
+pub use carry::NameSetHistory;
 pub use hosts::name_set_id;
 use scopes::{DistinctScope, scopes};
 
@@ -112,6 +114,9 @@ pub struct Compiled {
     /// `NAME_CLASSES`: (egress scope with parity, name set) to the class (with parity) whose
     /// `PORTS` entries decide packets to addresses learned for names of the set.
     pub name_classes: Vec<(NameClassKey, u32)>,
+    /// The name sets this generation's trie hands out, with their patterns: the caller keeps
+    /// them to carry into later generations ([`compile_carrying`]).
+    pub name_sets: Vec<(NameSetId, BTreeSet<String>)>,
     pub rules: Vec<RuleInfo>,
     pub summary: Summary,
 }
@@ -168,6 +173,18 @@ pub fn compile(
     cgroups: &CgroupResolution,
     parity: u32,
 ) -> Result<Compiled, CompileError> {
+    compile_carrying(policies, cgroups, parity, &[])
+}
+
+/// [`compile`], also writing name classes for `carried` name sets of earlier generations
+/// (see [`Compiled::name_sets`]): addresses learned while they were in force still carry
+/// their ids, and must keep meeting the rules of the patterns they name.
+pub fn compile_carrying(
+    policies: &PolicySet,
+    cgroups: &CgroupResolution,
+    parity: u32,
+    carried: &[(NameSetId, BTreeSet<String>)],
+) -> Result<Compiled, CompileError> {
     if parity != 0 && parity != PARITY_BIT {
         return Err(CompileError::BadParity(parity));
     }
@@ -189,7 +206,7 @@ pub fn compile(
     if all.iter().any(Policy::restricts_inbound) {
         out.flags |= config_flags::INGRESS;
     }
-    let hosts = hosts::index(all, &mut out)?;
+    let hosts = hosts::index(all, carried, &mut out)?;
     let classes = cgroup_classes(all, cgroups, parity, &mut out)?;
     let distinct = scopes(all, &classes, parity, &mut out)?;
 
