@@ -8,7 +8,12 @@
 #[path = "dns/world.rs"]
 mod world;
 
-use std::{fs, net::IpAddr, thread, time::Duration};
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr},
+    thread,
+    time::Duration,
+};
 
 use egress_tests::{AgentGuard, dns::HostEntry};
 use serde_json::Value;
@@ -235,6 +240,40 @@ fn learned_addresses_expire_and_changed_answers_are_followed() {
         "svc.ttl.test after the change",
     );
     assert_refused(&world.connect(old), "the old address after the change");
+}
+
+#[test]
+fn pinned_resolvers_are_the_only_dns_a_workload_reaches() {
+    let ip = addr(MISC, 0x13);
+    let world = World::new("dnspin", 30, &hosts(&[("pin.misc.test", ip)]), &[]);
+    let rules = host_rule("allow-pin", "allow", &["pin.misc.test"]);
+    // defaultAction allow: only spec.dns decides DNS here.
+    let _agent = world.agent(&world.policy("allow", &rules, true), &[]);
+    assert_eq!(
+        world.dig("pin.misc.test", false),
+        vec![ip],
+        "the pinned resolver answers"
+    );
+    let pinned = SocketAddr::from((egress_tests::TestNet::SERVER_V4, 53));
+    let other_v4 = SocketAddr::from(([198, 51, 100, 53], 53));
+    let other_v6 = SocketAddr::from((egress_tests::TestNet::SERVER_V6, 53));
+    assert!(
+        !world.udp_refused(pinned),
+        "DNS to the pinned resolver is sent"
+    );
+    assert!(
+        world.udp_refused(other_v4),
+        "DNS to another resolver is refused"
+    );
+    assert!(
+        world.udp_refused(other_v6),
+        "DNS to another resolver (IPv6) is refused"
+    );
+    let other_port = SocketAddr::from(([198, 51, 100, 53], 5353));
+    assert!(
+        !world.udp_refused(other_port),
+        "other ports to that address are not DNS"
+    );
 }
 
 #[test]

@@ -251,6 +251,18 @@ impl World {
         Summary(value)
     }
 
+    /// Sends one UDP datagram to `to` from the workload; whether the send was refused
+    /// (EPERM from the socket hooks) rather than sent.
+    pub fn udp_refused(&self, to: SocketAddr) -> bool {
+        let mut cmd = self
+            .placement()
+            .command(helper_bin().expect("helper"))
+            .expect("placement");
+        cmd.args(["udp", &to.to_string(), "300"]);
+        let out = run_bounded(&mut cmd, "udp", Duration::from_secs(20)).expect("helper runs");
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted")
+    }
+
     /// Resolves `name`, connects, holds the connection `hold`, then asks the server over it;
     /// (connected, answered).
     pub fn resolve_hold(&self, name: &str, hold: Duration) -> (bool, bool) {
