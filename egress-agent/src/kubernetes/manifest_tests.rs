@@ -119,9 +119,24 @@ fn daemonset_runs_with_least_privilege_and_the_right_mounts() {
         arg("cgroup-root"),
         mount("cgroup")["mountPath"].as_str().unwrap_or("")
     );
+    // Kubernetes mode in the base; the configmap-mode overlay swaps the flag for the files.
+    assert_eq!(args.get(1), Some(&"--kubernetes"), "{args:?}");
+    let overlay = &documents(&dir().join("configmap-mode/kustomization.yaml"))[0];
+    assert_eq!(strs(&overlay["resources"]), [".."]);
+    let patch: Vec<Value> = serde_yaml::from_str(
+        overlay["patches"][0]["patch"]
+            .as_str()
+            .expect("an inline JSON patch"),
+    )
+    .expect("valid test input");
     assert_eq!(
-        arg("policy"),
-        mount("policies")["mountPath"].as_str().unwrap_or("")
+        patch[0]["path"], "/spec/template/spec/containers/0/args/1",
+        "the patch replaces --kubernetes"
+    );
+    let policy_flag = patch[0]["value"].as_str().expect("a flag");
+    assert_eq!(
+        policy_flag.strip_prefix("--policy="),
+        mount("policies")["mountPath"].as_str()
     );
     let audit_dir = Path::new(arg("audit-log")).parent().and_then(Path::to_str);
     assert_eq!(audit_dir, mount("audit")["mountPath"].as_str());
@@ -133,6 +148,14 @@ fn daemonset_runs_with_least_privilege_and_the_right_mounts() {
         .as_sequence()
         .and_then(|p| p.iter().find(|p| p["name"] == "metrics"))
         .expect("metrics port");
+    // The probes only answer if the agent serves metrics on that port.
+    let metrics: std::net::SocketAddr = arg("metrics").parse().expect("--metrics=ADDR:PORT");
+    assert_eq!(
+        Some(u64::from(metrics.port())),
+        port["containerPort"].as_u64(),
+        "--metrics listens on the probed port"
+    );
+    assert!(metrics.ip().is_unspecified(), "the kubelet probes the pod's address");
     let svc = find(&objects, "Service", "egress-agent-metrics");
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
     assert_eq!(svc["spec"]["ports"][0]["port"], port["containerPort"]);
