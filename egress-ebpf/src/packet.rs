@@ -60,6 +60,34 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Packet> {
     }
 }
 
+/// Whether the packet may be TCP or UDP from `port`: false only when its plain headers say
+/// it is not. Headers this does not read (IPv6 extension headers, anything unreadable)
+/// answer true, and the full parser decides.
+pub fn may_come_from(ctx: &SkBuffContext, port: u16) -> bool {
+    let (protocol, transport) = match ctx.skb.protocol() {
+        ETH_P_IP => {
+            let Ok(head) = ctx.load::<[u8; 10]>(0) else {
+                return true;
+            };
+            (head[9], usize::from(head[0] & 0x0f) * 4)
+        }
+        ETH_P_IPV6 => {
+            let Ok(next) = ctx.load::<u8>(6) else {
+                return true;
+            };
+            (next, Ipv6Hdr::LEN)
+        }
+        _ => return true,
+    };
+    match protocol {
+        IPPROTO_TCP | IPPROTO_UDP => ctx
+            .load::<[u8; 2]>(transport)
+            .map_or(true, |source| u16::from_be_bytes(source) == port),
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_AUTH | IPV6_DEST_OPTS => true,
+        _ => false,
+    }
+}
+
 fn parse_ipv4(ctx: &SkBuffContext) -> Option<Packet> {
     let ip: Ipv4Hdr = ctx.load(0).ok()?;
     let mut packet = Packet {
