@@ -3,7 +3,10 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_skb_ancestor_cgroup_id},
+    helpers::generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
+    },
     programs::SkBuffContext,
 };
 use egress_common::{
@@ -32,7 +35,9 @@ pub fn lookup(config: &RuntimeConfig, cgroup_class: u32, uid: u32) -> Option<Sco
 
 /// Cgroup class of the socket that sent a packet.
 pub fn of_skb(ctx: &SkBuffContext, config: &RuntimeConfig) -> u32 {
-    walk(config, |level| {
+    // SAFETY: reads the skb's socket cgroup.
+    let own = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    walk(config, own, |level| {
         // SAFETY: reads the skb's socket cgroup; returns 0 past the cgroup's own level.
         // <https://github.com/torvalds/linux/blob/v6.18/net/core/filter.c#L5063-L5080>
         unsafe { bpf_skb_ancestor_cgroup_id(ctx.as_ptr().cast(), level) }
@@ -44,7 +49,9 @@ pub fn of_skb(ctx: &SkBuffContext, config: &RuntimeConfig) -> u32 {
 /// A socket handed to a process in another cgroup is judged by that cgroup at the call and
 /// by its creator's at the packet; the packet hook remains the backstop either way.
 pub fn of_current_task(config: &RuntimeConfig) -> u32 {
-    walk(config, |level| {
+    // SAFETY: reads the current task's cgroup.
+    let own = unsafe { bpf_get_current_cgroup_id() };
+    walk(config, own, |level| {
         // SAFETY: reads the current task's cgroup ancestry.
         unsafe { bpf_get_current_ancestor_cgroup_id(level) }
     })
@@ -53,12 +60,23 @@ pub fn of_current_task(config: &RuntimeConfig) -> u32 {
 /// The class of the deepest ancestor (or the cgroup itself) that a selector lists. Walking
 /// from the root down costs one lookup per level, bounded by the cgroup's depth, never by the
 /// number of rules; cgroups created after the policy loaded are covered with no agent action.
+/// The cgroup itself (`own`) is looked up first: where it is listed (a unit's processes, a
+/// selected cgroup's own members) it is the deepest, and the walk is skipped.
 #[inline(always)]
-fn walk(config: &RuntimeConfig, ancestor: impl Fn(i32) -> u64) -> u32 {
+fn walk(config: &RuntimeConfig, own: u64, ancestor: impl Fn(i32) -> u64) -> u32 {
     let parity = config.parity;
     let mut class = parity;
     if config.flags & config_flags::CGROUP_SELECTORS == 0 {
         return class;
+    }
+    let key = CgroupKey {
+        cgroup_id: own,
+        parity,
+        _pad: 0,
+    };
+    // SAFETY: plain u32 values.
+    if let Some(found) = unsafe { EGRESS_CGROUPS.get(key) } {
+        return *found;
     }
     for level in 0..MAX_CGROUP_LEVEL {
         let cgroup_id = ancestor(level);
