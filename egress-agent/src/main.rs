@@ -39,8 +39,12 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // aya warns, with a page of BTF dump, that the kernel refuses the object's
+                // own BTF (rustc's enum unions): expected, and nothing needs it
+                // (docs/architecture.md, Names). RUST_LOG=aya=warn shows it again.
+                tracing_subscriber::EnvFilter::new("info,aya::bpf=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
