@@ -155,7 +155,10 @@ fn daemonset_runs_with_least_privilege_and_the_right_mounts() {
         port["containerPort"].as_u64(),
         "--metrics listens on the probed port"
     );
-    assert!(metrics.ip().is_unspecified(), "the kubelet probes the pod's address");
+    assert!(
+        metrics.ip().is_unspecified(),
+        "the kubelet probes the pod's address"
+    );
     let svc = find(&objects, "Service", "egress-agent-metrics");
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
     assert_eq!(svc["spec"]["ports"][0]["port"], port["containerPort"]);
