@@ -7,6 +7,8 @@
 
 #[path = "kubernetes/fake_api.rs"]
 mod fake_api;
+#[path = "kubernetes/shared.rs"]
+mod shared;
 #[path = "kubernetes/traffic.rs"]
 mod traffic;
 #[path = "kubernetes/uncovered.rs"]

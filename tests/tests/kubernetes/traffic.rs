@@ -15,12 +15,14 @@ use std::{
 };
 
 use egress_tests::{
-    AgentGuard, CgroupGuard, Client, Proto, SerialGuard, Servers, TestNet, agent::AgentOptions,
-    serial,
+    AgentGuard, CgroupGuard, Client, SerialGuard, Servers, TestNet, agent::AgentOptions, serial,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::fake_api::FakeApi;
+use super::{
+    fake_api::FakeApi,
+    shared::{self, PROBE, kubeconfig},
+};
 
 const NODE: &str = "node-k";
 const WEB: &str = "a1a1a1a1-b2b2-c3c3-d4d4-e5e5e5e5e5e5";
@@ -30,13 +32,8 @@ const DB: &str = "0b0b0b0b-1c1c-2d2d-3e3e-4f4f4f4f4f4f";
 const WEB_CTR: &str = "00aa11bb22cc33dd44ee55ff66007711";
 const WEB2_CTR: &str = "88aa99bb00cc11dd22ee33ff44005511";
 const DB_CTR: &str = "77ff66ee55dd44cc33bb22aa11009988";
-/// Timeout of one probe connection: a dropped SYN hangs until it expires.
-const PROBE: Duration = Duration::from_millis(300);
-const PASS: Duration = Duration::from_secs(3);
 /// Bound on every wait for the agent to catch up with the API server.
 const CATCH_UP: Duration = Duration::from_secs(10);
-/// How long the server may take to report a connection it accepted.
-const COUNT_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Copy, Debug)]
 enum Driver {
@@ -74,30 +71,6 @@ impl Driver {
     }
 }
 
-fn pod(name: &str, uid: &str, qos: &str, app: &str, container: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "shop", "uid": uid, "labels": {"app": app}},
-        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "x"}]},
-        "status": {"phase": "Running", "qosClass": qos,
-                   "containerStatuses": [{"name": "app", "containerID": format!("containerd://{container}")}]},
-    })
-}
-
-fn kubeconfig(dir: &Path, api: &FakeApi) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\n\
-         clusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
-         users: [{{name: fake, user: {{}}}}]\n\
-         contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
-         current-context: fake\n",
-        api.url()
-    );
-    fs::write(&path, text).expect("write kubeconfig");
-    path
-}
-
 /// Fields drop in order: agent, servers, cgroups, network, API server, then the lock.
 struct World {
     agent: AgentGuard,
@@ -123,30 +96,11 @@ impl World {
     }
 
     fn assert_refused(&self, client: &Client, addr: SocketAddr, who: &str) {
-        let before = self.servers.tcp_count(addr);
-        assert!(
-            !client.tcp_connect(addr, PROBE).expect("helper runs"),
-            "{who}: TCP to {addr} should be refused\n{}",
-            self.agent.output()
-        );
-        // Bounded wait: a connection that got through is reported by the server a little later.
-        let after = self
-            .servers
-            .wait_count(Proto::Tcp, addr, before + 1, COUNT_WAIT);
-        assert_eq!(after, before, "{who}: a connection reached {addr}");
+        shared::assert_refused(&self.agent, &self.servers, client, addr, who);
     }
 
     fn assert_passes(&self, client: &Client, addr: SocketAddr, who: &str) {
-        let before = self.servers.tcp_count(addr);
-        assert!(
-            client.tcp_connect(addr, PASS).expect("helper runs"),
-            "{who}: TCP to {addr} should pass\n{}",
-            self.agent.output()
-        );
-        let after = self
-            .servers
-            .wait_count(Proto::Tcp, addr, before + 1, COUNT_WAIT);
-        assert!(after > before, "{who}: not counted at {addr}");
+        shared::assert_passes(&self.agent, &self.servers, client, addr, who);
     }
 
     /// Polls until `client`'s TCP to `addr` is refused; panics after [`CATCH_UP`].
@@ -184,17 +138,9 @@ fn scenario(driver: Driver) {
     let servers =
         Servers::start(&net.server, &TestNet::TARGETS, &[80], &[]).expect("servers start");
     let api = FakeApi::start();
-    api.put_policy(
-        "no-doc-for-web",
-        &json!({
-            "selector": {"pods": {"namespaces": ["shop"], "matchLabels": {"app": "web"}}},
-            "defaultAction": "allow",
-            "egress": [{"name": "doc", "action": "deny", "to": [{"cidr": "203.0.113.0/24"}],
-                        "protocol": "tcp"}],
-        }),
-    );
-    api.put_pod(pod("web-1", WEB, "Burstable", "web", WEB_CTR));
-    api.put_pod(pod("db-1", DB, "BestEffort", "db", DB_CTR));
+    shared::put_web_policy(&api);
+    api.put_pod(shared::pod(NODE, "web-1", WEB, "Burstable", "web", WEB_CTR));
+    api.put_pod(shared::pod(NODE, "db-1", DB, "BestEffort", "db", DB_CTR));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = kubeconfig(dir.path(), &api);
     // Made before the agent starts, as the kubelet would have for running pods.
@@ -271,9 +217,14 @@ fn scenario(driver: Driver) {
     );
 
     // A pod that starts later: the API server has it first, then the kubelet makes its cgroup.
-    world
-        .api
-        .put_pod(pod("web-2", WEB2, "Burstable", "web", WEB2_CTR));
+    world.api.put_pod(shared::pod(
+        NODE,
+        "web-2",
+        WEB2,
+        "Burstable",
+        "web",
+        WEB2_CTR,
+    ));
     let web2 = world.client(&world.make_pod_cgroup(driver, WEB2, "Burstable", WEB2_CTR));
     let took = world.until_refused(&web2, denied, "web-2 (added later)");
     eprintln!("{driver:?}: web-2 governed {took:?} after its cgroup was made");

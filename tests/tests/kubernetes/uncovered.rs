@@ -7,17 +7,20 @@
 use std::{
     fs,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
 
 use egress_tests::{
-    AgentGuard, CgroupGuard, Client, Proto, Servers, TestNet, agent::AgentOptions, serial,
+    AgentGuard, CgroupGuard, Client, Servers, TestNet, agent::AgentOptions, serial,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::fake_api::FakeApi;
+use super::{
+    fake_api::FakeApi,
+    shared::{self, PROBE, assert_passes as passes, assert_refused as refused, kubeconfig},
+};
 
 const NODE: &str = "node-u";
 const WEB: &str = "c1c1c1c1-d2d2-e3e3-f4f4-a5a5a5a5a5a5";
@@ -28,24 +31,9 @@ const WEB_CTR: &str = "1a2b3c4d5e6f70811a2b3c4d5e6f7081";
 const DB_CTR: &str = "9f8e7d6c5b4a39289f8e7d6c5b4a3928";
 const DB2_CTR: &str = "2b3c4d5e6f7081922b3c4d5e6f708192";
 const STRAY_CTR: &str = "5555aaaa5555aaaa5555aaaa5555aaaa";
-/// Timeout of one probe connection: a dropped SYN hangs until it expires.
-const PROBE: Duration = Duration::from_millis(300);
-const PASS: Duration = Duration::from_secs(3);
 /// Bound on every wait for the agent to catch up with the API server.
 const CATCH_UP: Duration = Duration::from_secs(10);
-/// How long the server may take to report a connection it accepted.
-const COUNT_WAIT: Duration = Duration::from_millis(500);
 const UNCOVERED: &str = "kubernetes-uncovered";
-
-fn pod(name: &str, uid: &str, app: &str, container: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "shop", "uid": uid, "labels": {"app": app}},
-        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "x"}]},
-        "status": {"phase": "Running", "qosClass": "Burstable",
-                   "containerStatuses": [{"name": "app", "containerID": format!("containerd://{container}")}]},
-    })
-}
 
 /// The container cgroup of a Burstable pod, systemd driver, below the test parent.
 fn container_dir(parent: &CgroupGuard, uid: &str, container: &str) -> PathBuf {
@@ -55,42 +43,6 @@ fn container_dir(parent: &CgroupGuard, uid: &str, container: &str) -> PathBuf {
     ));
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     dir
-}
-
-fn kubeconfig(dir: &Path, api: &FakeApi) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\n\
-         clusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
-         users: [{{name: fake, user: {{}}}}]\n\
-         contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
-         current-context: fake\n",
-        api.url()
-    );
-    fs::write(&path, text).expect("write kubeconfig");
-    path
-}
-
-fn refused(agent: &AgentGuard, servers: &Servers, client: &Client, addr: SocketAddr, who: &str) {
-    let before = servers.tcp_count(addr);
-    assert!(
-        !client.tcp_connect(addr, PROBE).expect("helper runs"),
-        "{who}: TCP to {addr} should be refused\n{}",
-        agent.output()
-    );
-    let after = servers.wait_count(Proto::Tcp, addr, before + 1, COUNT_WAIT);
-    assert_eq!(after, before, "{who}: a connection reached {addr}");
-}
-
-fn passes(agent: &AgentGuard, servers: &Servers, client: &Client, addr: SocketAddr, who: &str) {
-    let before = servers.tcp_count(addr);
-    assert!(
-        client.tcp_connect(addr, PASS).expect("helper runs"),
-        "{who}: TCP to {addr} should pass\n{}",
-        agent.output()
-    );
-    let after = servers.wait_count(Proto::Tcp, addr, before + 1, COUNT_WAIT);
-    assert!(after > before, "{who}: not counted at {addr}");
 }
 
 /// The deny record of a connection to `dst`, made by `policy`.
@@ -119,16 +71,8 @@ fn pods_the_api_server_has_not_listed_are_denied_until_it_does() {
     let parent = CgroupGuard::new("kube-uncovered").expect("test cgroup");
     let servers =
         Servers::start(&net.server, &TestNet::TARGETS, &[80], &[]).expect("servers start");
-    api.put_policy(
-        "no-doc-for-web",
-        &json!({
-            "selector": {"pods": {"namespaces": ["shop"], "matchLabels": {"app": "web"}}},
-            "defaultAction": "allow",
-            "egress": [{"name": "doc", "action": "deny", "to": [{"cidr": "203.0.113.0/24"}],
-                        "protocol": "tcp"}],
-        }),
-    );
-    api.put_pod(pod("db-1", DB, "db", DB_CTR));
+    shared::put_web_policy(&api);
+    api.put_pod(shared::pod(NODE, "db-1", DB, "Burstable", "db", DB_CTR));
     let db = Client::in_cgroup_dir(&net.client, &container_dir(&parent, DB, DB_CTR));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = kubeconfig(dir.path(), &api);
@@ -163,7 +107,7 @@ fn pods_the_api_server_has_not_listed_are_denied_until_it_does() {
     passes(&agent, &servers, &db, denied, "db-1 (known, not selected)");
 
     // Listed: web-1 is judged by its policy alone, within the agent's catch-up.
-    api.put_pod(pod("web-1", WEB, "web", WEB_CTR));
+    api.put_pod(shared::pod(NODE, "web-1", WEB, "Burstable", "web", WEB_CTR));
     let start = Instant::now();
     while !web.tcp_connect(allowed, PROBE).expect("helper runs") {
         assert!(
@@ -181,7 +125,7 @@ fn pods_the_api_server_has_not_listed_are_denied_until_it_does() {
     // The usual order: listed first, cgroup made after. Until the agent's cgroup rescan has
     // seen the new cgroup it is below the kubepods root alone, hence denied; then exempt,
     // though no policy selects it (so only its exemption makes the agent look for it).
-    api.put_pod(pod("db-2", DB2, "db", DB2_CTR));
+    api.put_pod(shared::pod(NODE, "db-2", DB2, "Burstable", "db", DB2_CTR));
     thread::sleep(Duration::from_millis(300));
     let db2 = Client::in_cgroup_dir(&net.client, &container_dir(&parent, DB2, DB2_CTR));
     let start = Instant::now();
