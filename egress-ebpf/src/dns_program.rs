@@ -4,38 +4,22 @@
 //! it on. A tail call that fails (a slot the agent has not filled) falls through to
 //! `unread`: the answer is not delivered unread where host rules apply.
 
-use aya_ebpf::{
-    EbpfContext as _, helpers::generated::bpf_get_socket_uid, macros::cgroup_skb,
-    programs::SkBuffContext,
-};
-use egress_common::{ScopeValue, counter, dns_slots, scope_flags};
+use aya_ebpf::{macros::cgroup_skb, programs::SkBuffContext};
+use egress_common::{counter, dns_slots};
 
-use crate::{dns, events, maps, maps::EGRESS_DNS_PROGRAM, scope};
+use crate::{dns, events, maps::EGRESS_DNS_PROGRAM};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
 
-/// Slot 0: the message and its question.
+/// Slot 0: the message and its question (what the ingress program found about the packet
+/// is in the reader's scratch value, see `dns::prepare`).
 #[cgroup_skb(ingress)]
 pub fn egress_dns_skb(ctx: SkBuffContext) -> i32 {
-    // The caller found all of this a moment ago; a tail call cannot pass it along.
-    let Some(config) = maps::config() else {
-        events::count(counter::MALFORMED);
-        return PASS;
-    };
-    // SAFETY: the helper reads the skb the kernel passed us.
-    let uid = unsafe { bpf_get_socket_uid(ctx.as_ptr().cast()) };
-    let Some(scope) = scope::lookup(&config, scope::of_skb(&ctx, &config), uid) else {
-        return PASS; // a policy reload in between left this socket ungoverned
-    };
-    if !dns::locate_answer(&ctx) {
-        return unread(&scope);
-    }
-    let host_rules = scope.flags & scope_flags::HOST_RULES != 0;
-    match dns::start(&ctx, u8::from(config.parity != 0), host_rules) {
+    match dns::start(&ctx) {
         dns::DONE => next(&ctx, dns_slots::RECORDS),
         dns::NOTHING => PASS,
-        _ => unread(&scope),
+        _ => unread_here(),
     }
 }
 
@@ -79,18 +63,14 @@ fn next(ctx: &SkBuffContext, slot: u32) -> i32 {
     unread_here()
 }
 
-/// `unread` in the later stages, which know the scope's host rules from the first.
+/// `unread` in the stages, which know the workload's host rules from `dns::prepare`.
 fn unread_here() -> i32 {
-    verdict_unread(dns::host_rules())
+    unread(dns::host_rules())
 }
 
 /// The verdict on an answer that could not be read: dropped where host rules apply, since
 /// its addresses would reach the workload unlearned, and delivered elsewhere.
-pub fn unread(scope: &ScopeValue) -> i32 {
-    verdict_unread(scope.flags & scope_flags::HOST_RULES != 0)
-}
-
-fn verdict_unread(host_rules: bool) -> i32 {
+pub fn unread(host_rules: bool) -> i32 {
     if host_rules {
         events::count(counter::DNS_DROPPED);
         DROP

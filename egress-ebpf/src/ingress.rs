@@ -17,7 +17,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use egress_common::{
-    Decision, Direction, RuntimeConfig, ScopeValue, config_flags, counter, event::FlowKey, verdict,
+    Decision, Direction, RuntimeConfig, ScopeValue, config_flags, counter, event::FlowKey,
+    scope_flags, verdict,
 };
 
 use crate::{
@@ -58,7 +59,8 @@ pub fn egress_ingress_skb(ctx: SkBuffContext) -> i32 {
     }
     // SAFETY: the helper reads the skb the kernel passed us.
     let uid = unsafe { bpf_get_socket_uid(ctx.as_ptr().cast()) };
-    let Some(scope) = scope::lookup(&config, scope::of_skb(&ctx, &config), uid) else {
+    let own = scope::skb_cgroup(&ctx, &config);
+    let Some(scope) = scope::lookup(&config, scope::of_skb(&ctx, &config, own), uid) else {
         return PASS;
     };
     // `verdict::NONE`: no applicable policy restricts inbound traffic.
@@ -92,7 +94,7 @@ pub fn egress_ingress_skb(ctx: SkBuffContext) -> i32 {
         }
     }
     if dns_answer {
-        return answer_verdict(&ctx, &scope);
+        return answer_verdict(&ctx, &config, &scope, &packet);
     }
     PASS
 }
@@ -100,12 +102,28 @@ pub fn egress_ingress_skb(ctx: SkBuffContext) -> i32 {
 /// A DNS answer goes on to `egress_dns_skb` (`dns_program.rs`) by tail call: the reader is a
 /// program of its own so that the verifier walks it once, from one state, rather than once
 /// for every state in which this program reaches it (it gave up at a million instructions).
-/// The tail call only returns if it failed (the agent has not filled the program array):
-/// the answer is then unread, and dropped for workloads with host rules.
-fn answer_verdict(ctx: &SkBuffContext, scope: &ScopeValue) -> i32 {
-    // SAFETY: a tail call with this program's own context.
-    unsafe { EGRESS_DNS_PROGRAM.tail_call(ctx, egress_common::dns_slots::START) };
-    dns_program::unread(scope)
+/// What this program already found (where the payload starts, the generation's parity,
+/// whether host rules apply) goes to the reader through its scratch value. The tail call
+/// only returns if it failed (the agent has not filled the program array): the answer is
+/// then unread, and dropped for workloads with host rules.
+fn answer_verdict(
+    ctx: &SkBuffContext,
+    config: &RuntimeConfig,
+    scope: &ScopeValue,
+    packet: &Packet,
+) -> i32 {
+    let host_rules = scope.flags & scope_flags::HOST_RULES != 0;
+    let parity_byte = u8::from(config.parity != 0);
+    if dns::prepare(
+        packet.payload_offset,
+        packet.protocol,
+        parity_byte,
+        host_rules,
+    ) {
+        // SAFETY: a tail call with this program's own context.
+        unsafe { EGRESS_DNS_PROGRAM.tail_call(ctx, egress_common::dns_slots::START) };
+    }
+    dns_program::unread(host_rules)
 }
 
 /// Reports a new inbound flow. Not inlined: its temporaries then live in a frame of their

@@ -22,7 +22,7 @@ mod sock_addr;
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{bpf_get_socket_cookie, bpf_get_socket_uid, bpf_skb_cgroup_id},
+    helpers::generated::{bpf_get_socket_cookie, bpf_get_socket_uid},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -50,7 +50,8 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
     }
     // SAFETY: the helper reads the skb the kernel passed us.
     let uid = unsafe { bpf_get_socket_uid(ctx.as_ptr().cast()) };
-    let Some(scope) = scope::lookup(&config, scope::of_skb(&ctx, &config), uid) else {
+    let cgroup_id = scope::skb_cgroup(&ctx, &config);
+    let Some(scope) = scope::lookup(&config, scope::of_skb(&ctx, &config, cgroup_id), uid) else {
         return PASS;
     };
     let Some(packet) = packet::parse(&ctx) else {
@@ -69,8 +70,7 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
             port: packet.dst_port,
         },
         if config.flags & config_flags::HOSTS != 0 {
-            // SAFETY: the helper reads the skb the kernel passed us.
-            unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) }
+            cgroup_id
         } else {
             0
         },

@@ -26,7 +26,8 @@ pub fn learn(
     expires: u64,
     now: u64,
 ) -> Result<(), ()> {
-    if let Some(entry) = EGRESS_LEARNED.get_ptr_mut(key) {
+    let existing = EGRESS_LEARNED.get_ptr_mut(key);
+    if let Some(entry) = existing {
         // SAFETY: a value of this map; concurrent answers for the same (cgroup, address) on
         // two CPUs at once could lose one's sets (no lock in LRU maps); docs/security.md.
         let entry = unsafe { &mut *entry };
@@ -46,7 +47,7 @@ pub fn learn(
         }
     }
     // Absent or expired: the old names no longer count.
-    if EGRESS_LEARNED.get_ptr(key).is_none() {
+    if existing.is_none() {
         events::count(counter::DNS_NEW);
     }
     let fresh = Learned {

@@ -33,10 +33,27 @@ pub fn lookup(config: &RuntimeConfig, cgroup_class: u32, uid: u32) -> Option<Sco
     unsafe { EGRESS_SCOPES.get(any) }.copied()
 }
 
-/// Cgroup class of the socket that sent a packet.
-pub fn of_skb(ctx: &SkBuffContext, config: &RuntimeConfig) -> u32 {
+/// The id of the socket's own cgroup when a lookup needs it (cgroup selectors, host rules),
+/// 0 otherwise: read once per packet and shared by the scope walk and the learned names.
+pub fn skb_cgroup(ctx: &SkBuffContext, config: &RuntimeConfig) -> u64 {
+    if config.flags & (config_flags::CGROUP_SELECTORS | config_flags::HOSTS) == 0 {
+        return 0;
+    }
     // SAFETY: reads the skb's socket cgroup.
-    let own = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };
+    unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) }
+}
+
+/// [`skb_cgroup`] for the current task, in the socket hooks.
+pub fn task_cgroup(config: &RuntimeConfig) -> u64 {
+    if config.flags & (config_flags::CGROUP_SELECTORS | config_flags::HOSTS) == 0 {
+        return 0;
+    }
+    // SAFETY: reads the current task's cgroup.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// Cgroup class of the socket that sent a packet, whose own cgroup is `own` ([`skb_cgroup`]).
+pub fn of_skb(ctx: &SkBuffContext, config: &RuntimeConfig, own: u64) -> u32 {
     walk(config, own, |level| {
         // SAFETY: reads the skb's socket cgroup; returns 0 past the cgroup's own level.
         // <https://github.com/torvalds/linux/blob/v6.18/net/core/filter.c#L5063-L5080>
@@ -48,9 +65,7 @@ pub fn of_skb(ctx: &SkBuffContext, config: &RuntimeConfig) -> u32 {
 /// for the socket's own cgroup, and the caller's is the one that matters for a call it makes.
 /// A socket handed to a process in another cgroup is judged by that cgroup at the call and
 /// by its creator's at the packet; the packet hook remains the backstop either way.
-pub fn of_current_task(config: &RuntimeConfig) -> u32 {
-    // SAFETY: reads the current task's cgroup.
-    let own = unsafe { bpf_get_current_cgroup_id() };
+pub fn of_current_task(config: &RuntimeConfig, own: u64) -> u32 {
     walk(config, own, |level| {
         // SAFETY: reads the current task's cgroup ancestry.
         unsafe { bpf_get_current_ancestor_cgroup_id(level) }

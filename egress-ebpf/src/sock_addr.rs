@@ -103,7 +103,9 @@ fn judge(ctx: &SockAddrContext, ip_version: u8, dst: [u8; 16], port: u32, protoc
     if config.generation == 0 {
         return PROCEED;
     }
-    let Some(scope) = scope::lookup(&config, scope::of_current_task(&config), uid) else {
+    let cgroup_id = scope::task_cgroup(&config);
+    let Some(scope) = scope::lookup(&config, scope::of_current_task(&config, cgroup_id), uid)
+    else {
         return PROCEED;
     };
     let protocol = protocol as u8;
@@ -117,8 +119,7 @@ fn judge(ctx: &SockAddrContext, ip_version: u8, dst: [u8; 16], port: u32, protoc
         port: if has_ports { port } else { 0 },
     };
     let names_of = if config.flags & config_flags::HOSTS != 0 {
-        // SAFETY: a plain helper call in process context.
-        unsafe { bpf_get_current_cgroup_id() }
+        cgroup_id
     } else {
         0
     };

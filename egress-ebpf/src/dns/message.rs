@@ -3,36 +3,14 @@
 use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_skb_load_bytes, programs::SkBuffContext};
 
 use super::{
-    CLASS_IN, DNS_PORT, DONE, HEADER_LEN, MAX_ANSWERS, MAX_CNAMES, MAX_NAME_STEPS, MORE, MSG_MASK,
-    NOTHING, RECORDS_PER_RUN, Scratch, TYPE_A, TYPE_AAAA, TYPE_CNAME, UNREADABLE, Unreadable, be16,
-    be32, load,
+    CLASS_IN, DONE, HEADER_LEN, MAX_ANSWERS, MAX_CNAMES, MAX_NAME_STEPS, MORE, MSG_MASK, NOTHING,
+    RECORDS_PER_RUN, Scratch, TYPE_A, TYPE_AAAA, TYPE_CNAME, UNREADABLE, Unreadable, be16, be32,
+    load,
     name::{Sets, add_set, name_set},
     scratch_mut, scratch_ref, store,
 };
-use crate::packet::{self, IPPROTO_TCP, IPPROTO_UDP};
+use crate::packet::{IPPROTO_TCP, IPPROTO_UDP};
 use egress_common::dns::{MAX_MESSAGE, MAX_NAME_SETS};
-
-/// Parses the packet's headers and keeps where its payload starts in the scratch value;
-/// false when the packet is not TCP or UDP from port 53. Out of line and answering only a
-/// bool, so that the header parser's many paths (IPv4, IPv6, extension headers) meet again
-/// before `read_answer` and the verifier walks the reader once.
-#[inline(never)]
-pub fn locate_answer(ctx: &SkBuffContext) -> bool {
-    let Some(packet) = packet::parse(ctx) else {
-        return false;
-    };
-    if packet.src_port != DNS_PORT
-        || (packet.protocol != IPPROTO_UDP && packet.protocol != IPPROTO_TCP)
-    {
-        return false;
-    }
-    let Ok(scratch) = scratch_mut() else {
-        return false;
-    };
-    store(&mut scratch.payload_at, packet.payload_offset);
-    store(&mut scratch.protocol, packet.protocol);
-    true
-}
 
 /// Copies the message into the scratch value and checks its header.
 #[inline(never)]

@@ -37,7 +37,6 @@ use egress_common::dns::{DnsEventHeader, HostKeyData};
 
 use crate::maps::EGRESS_DNS_SCRATCH;
 use message::Records;
-pub use message::locate_answer;
 use name::{KeyWriter, Sets, Walk};
 
 pub const DNS_PORT: u16 = 53;
@@ -112,18 +111,29 @@ pub const MORE: u32 = 4;
 
 pub(super) struct Unreadable;
 
-/// Stage 1: the message and its question. `DONE` means: go on with the records.
-#[inline(never)]
-pub fn start(ctx: &aya_ebpf::programs::SkBuffContext, parity_byte: u8, host_rules: bool) -> u32 {
+/// Keeps what the ingress program found about a packet from port 53 for the stages: where
+/// its TCP or UDP payload starts, the generation's parity byte, and whether the workload has
+/// host rules. False if the scratch value is out of reach.
+pub fn prepare(payload_at: u32, protocol: u8, parity_byte: u8, host_rules: bool) -> bool {
     let Ok(scratch) = scratch_mut() else {
-        return UNREADABLE;
+        return false;
     };
+    store(&mut scratch.payload_at, payload_at);
+    store(&mut scratch.protocol, protocol);
     store(&mut scratch.parity_byte, parity_byte);
     store(&mut scratch.host_rules, host_rules);
+    true
+}
+
+/// Stage 1 ([`prepare`] first): the message and its question. `DONE` means: go on with the
+/// records.
+#[inline(never)]
+pub fn start(ctx: &aya_ebpf::programs::SkBuffContext) -> u32 {
     let outcome = message::read_message(ctx);
     if outcome != DONE {
         return outcome;
     }
+    let parity_byte = scratch_ref().map_or(0, |s| load(&s.parity_byte));
     message::read_question(ctx, parity_byte)
 }
 
@@ -148,7 +158,7 @@ pub fn finish(ctx: &aya_ebpf::programs::SkBuffContext) -> u32 {
     learn::report(ctx)
 }
 
-/// Whether the workload whose answer is being read has host rules (set by [`start`]).
+/// Whether the workload whose answer is being read has host rules (set by [`prepare`]).
 pub fn host_rules() -> bool {
     scratch_ref().is_ok_and(|s| load(&s.host_rules))
 }
