@@ -273,28 +273,13 @@ impl GenerationWriter {
             hostnames,
             name_classes,
         } = written;
-        let mut failures = 0usize;
-        for key in cgroups {
-            failures += usize::from(self.cgroups.remove(key).is_err());
-        }
-        for key in scopes {
-            failures += usize::from(self.scopes.remove(key).is_err());
-        }
-        for key in addr4 {
-            failures += usize::from(self.addr4.remove(key).is_err());
-        }
-        for key in addr6 {
-            failures += usize::from(self.addr6.remove(key).is_err());
-        }
-        for key in ports {
-            failures += usize::from(self.ports.remove(key).is_err());
-        }
-        for key in hostnames {
-            failures += usize::from(self.hostnames.remove(key).is_err());
-        }
-        for key in name_classes {
-            failures += usize::from(self.name_classes.remove(key).is_err());
-        }
+        let failures = failed(cgroups, |k| self.cgroups.remove(k))
+            + failed(scopes, |k| self.scopes.remove(k))
+            + failed(addr4, |k| self.addr4.remove(k))
+            + failed(addr6, |k| self.addr6.remove(k))
+            + failed(ports, |k| self.ports.remove(k))
+            + failed(hostnames, |k| self.hostnames.remove(k))
+            + failed(name_classes, |k| self.name_classes.remove(k));
         if failures > 0 {
             tracing::warn!(
                 failures,
@@ -310,49 +295,26 @@ impl GenerationWriter {
     /// removals failed.
     fn sweep(&mut self, retired: u32) -> usize {
         let stale = Written {
-            cgroups: self
-                .cgroups
-                .keys()
-                .flatten()
-                .filter(|key| key.parity == retired)
-                .collect(),
-            scopes: self
-                .scopes
-                .keys()
-                .flatten()
-                .filter(|key| key.cgroup_class & PARITY_BIT == retired)
-                .collect(),
-            addr4: self
-                .addr4
-                .keys()
-                .flatten()
-                .filter(|key| leading_parity(&key.data()) == retired)
-                .collect(),
-            addr6: self
-                .addr6
-                .keys()
-                .flatten()
-                .filter(|key| leading_parity(&key.data()) == retired)
-                .collect(),
-            ports: self
-                .ports
-                .keys()
-                .flatten()
-                .filter(|key| leading_parity(&key.data()) == retired)
-                .collect(),
+            cgroups: stale(self.cgroups.keys(), |key| key.parity == retired),
+            scopes: stale(self.scopes.keys(), |key| {
+                key.cgroup_class & PARITY_BIT == retired
+            }),
+            addr4: stale(self.addr4.keys(), |key| {
+                leading_parity(&key.data()) == retired
+            }),
+            addr6: stale(self.addr6.keys(), |key| {
+                leading_parity(&key.data()) == retired
+            }),
+            ports: stale(self.ports.keys(), |key| {
+                leading_parity(&key.data()) == retired
+            }),
             // The parity byte of a host name key is 0 or 1, not a top bit.
-            hostnames: self
-                .hostnames
-                .keys()
-                .flatten()
-                .filter(|key| (u32::from(key.data()[0]) << 31) == retired)
-                .collect(),
-            name_classes: self
-                .name_classes
-                .keys()
-                .flatten()
-                .filter(|key| key.scope & PARITY_BIT == retired)
-                .collect(),
+            hostnames: stale(self.hostnames.keys(), |key| {
+                (u32::from(key.data()[0]) << 31) == retired
+            }),
+            name_classes: stale(self.name_classes.keys(), |key| {
+                key.scope & PARITY_BIT == retired
+            }),
         };
         if stale.len() > 0 {
             tracing::info!(
@@ -362,6 +324,20 @@ impl GenerationWriter {
         }
         self.remove(&stale)
     }
+}
+
+/// The keys `retired` accepts; keys the map failed to hand out are skipped (a sweep is
+/// best effort: what it misses stays and is swept next time).
+fn stale<K>(
+    keys: impl Iterator<Item = Result<K, MapError>>,
+    retired: impl Fn(&K) -> bool,
+) -> Vec<K> {
+    keys.flatten().filter(|key| retired(key)).collect()
+}
+
+/// How many of `keys` `remove` fails on.
+fn failed<K>(keys: &[K], mut remove: impl FnMut(&K) -> Result<(), MapError>) -> usize {
+    keys.iter().filter(|key| remove(key).is_err()).count()
 }
 
 /// The parity bit of an LPM key whose data starts with a big-endian id.
