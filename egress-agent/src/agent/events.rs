@@ -39,10 +39,12 @@ pub struct EventWriter {
 impl EventWriter {
     /// Writes every event in the ring buffer now.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
-        // Answers first: the answer that named an address was read before any connection to
-        // it could start.
-        self.drain_names();
         while let Some(item) = ring.next() {
+            // Answers first, before each event: the answer that named an address was read
+            // before any connection to it could start, but it may have been queued while the
+            // events before this one were written (the answer to a query this loop just
+            // recorded). Polling an empty ring buffer is two loads.
+            self.drain_names();
             let Some(event) = decode_event(&item) else {
                 tracing::error!(
                     len = item.len(),
