@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod client;
+pub mod counters;
 pub mod dns;
 pub mod error;
 pub mod net;
@@ -21,6 +22,7 @@ pub mod traffic;
 pub use agent::{AgentGuard, root_egress_programs};
 pub use cgroup::{CgroupGuard, cgroup2_root};
 pub use client::{Client, HttpOutcome};
+pub use counters::PacketCounters;
 pub use error::{FixtureError, Result};
 pub use net::{NetNsGuard, TestNet};
 pub use process::{ProcessGuard, helper_bin};

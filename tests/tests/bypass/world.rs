@@ -14,7 +14,7 @@ use std::{
 };
 
 use egress_tests::{
-    AgentGuard, CgroupGuard, SerialGuard, Servers, TestNet,
+    AgentGuard, CgroupGuard, PacketCounters, SerialGuard, Servers, TestNet,
     process::{Placement, ProcessGuard, run_bounded},
     serial,
 };
@@ -30,16 +30,17 @@ pub const TCP_PORT: u16 = 80;
 pub const UDP_PORT: u16 = 5300;
 
 /// Counters, by name, and the destination prefix each counts.
-const COUNTERS: [(&str, &str, &str); 4] = [
-    ("denied4", "ip", "203.0.113.0/24"),
-    ("denied6", "ip6", "2001:db8:2::/48"),
-    ("allowed4", "ip", "198.51.100.0/24"),
-    ("allowed6", "ip6", "2001:db8:1::/48"),
+const COUNTERS: [(&str, &str); 4] = [
+    ("denied4", "ip daddr 203.0.113.0/24"),
+    ("denied6", "ip6 daddr 2001:db8:2::/48"),
+    ("allowed4", "ip daddr 198.51.100.0/24"),
+    ("allowed6", "ip6 daddr 2001:db8:1::/48"),
 ];
 
 /// One test's world. Fields drop in order: servers, cgroup, network, then the lock.
 pub struct World {
     _servers: Servers,
+    counters: PacketCounters,
     pub cgroup: CgroupGuard,
     pub net: TestNet,
     _serial: SerialGuard,
@@ -95,13 +96,15 @@ impl World {
         let cgroup = CgroupGuard::new(name).expect("test cgroup");
         let servers = Servers::start(&net.server, &TestNet::TARGETS, &[TCP_PORT], &[UDP_PORT])
             .expect("servers start");
+        let counters = PacketCounters::install(&net.server, "egress_bypass", &COUNTERS)
+            .expect("packet counters");
         let world = Self {
             _servers: servers,
+            counters,
             cgroup,
             net,
             _serial: serial,
         };
-        world.install_counters();
         // Ping sockets (unprivileged ICMP) are off unless the group range admits us.
         world.netns_exec(
             world.net.client.name(),
@@ -122,61 +125,12 @@ impl World {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// A prerouting chain at priority -500, before conntrack's defragmentation (-400), so
-    /// that every fragment is counted on its own.
-    fn install_counters(&self) {
-        let mut rules = String::from("table inet egress_bypass {\n");
-        for (name, _, _) in COUNTERS {
-            rules.push_str(&format!("  counter {name} {{}}\n"));
-        }
-        rules.push_str(
-            "  chain pre {\n    type filter hook prerouting priority -500; policy accept;\n",
-        );
-        for (name, family, prefix) in COUNTERS {
-            rules.push_str(&format!(
-                "    {family} daddr {prefix} counter name {name}\n"
-            ));
-        }
-        rules.push_str("  }\n}\n");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", self.net.server.name(), "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("nft runs");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(rules.as_bytes())
-            .expect("writing the ruleset");
-        assert!(
-            child.wait().expect("nft exits").success(),
-            "nft -f failed:\n{rules}"
-        );
-    }
-
     /// Packets counted so far whose destination is `ip`'s counter prefix.
     pub fn packets_to(&self, ip: IpAddr) -> u64 {
         let name = counter_name(ip);
-        let json = self.netns_exec(
-            self.net.server.name(),
-            &[
-                "nft",
-                "-j",
-                "list",
-                "counter",
-                "inet",
-                "egress_bypass",
-                name,
-            ],
-        );
-        let value: Value = serde_json::from_str(&json).expect("nft JSON");
-        value["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|item| item["counter"]["packets"].as_u64())
-            .unwrap_or_else(|| panic!("no counter {name} in {json}"))
+        self.counters
+            .packets(name)
+            .unwrap_or_else(|e| panic!("counter {name}: {e}"))
     }
 
     /// The MAC address of the server's end of the veth.

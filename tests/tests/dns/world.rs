@@ -6,15 +6,13 @@
 
 use std::{
     fmt,
-    io::Write as _,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
 use egress_tests::{
-    AgentGuard, CgroupGuard, SerialGuard, Servers, TestNet,
+    AgentGuard, CgroupGuard, PacketCounters, SerialGuard, Servers, TestNet,
     agent::{AgentOptions, egress_bin},
     dns::{DnsServer, HostEntry, add_anyip_prefix, dig},
     helper_bin,
@@ -93,6 +91,7 @@ impl fmt::Display for Summary {
 /// One test's world. Fields drop in order: DNS server, listener, cgroup, network, lock.
 pub struct World {
     pub dns: DnsServer,
+    counters: PacketCounters,
     _servers: Servers,
     pub cgroup: CgroupGuard,
     pub net: TestNet,
@@ -118,14 +117,16 @@ impl World {
         .expect("listener starts");
         let dns = DnsServer::start(&net.server, TestNet::SERVER_V4.into(), ttl, hosts, cnames)
             .unwrap_or_else(|e| panic!("dnsmasq: {e}"));
+        let counters =
+            PacketCounters::install(&net.server, "egress_dns", &COUNTERS).expect("packet counters");
         let world = Self {
             dns,
+            counters,
             _servers: servers,
             cgroup,
             net,
             _serial: serial,
         };
-        world.install_counters();
         world.warm_up();
         world
     }
@@ -166,60 +167,11 @@ impl World {
         Placement::new(self.net.client.path()).cgroup(self.cgroup.path())
     }
 
-    fn nft(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut cmd = Placement::new(self.net.server.path())
-            .command("nft")
-            .expect("nft command");
-        cmd.args(args);
-        let Some(input) = stdin else {
-            let out = run_bounded(&mut cmd, "nft", Duration::from_secs(10)).expect("nft runs");
-            assert!(
-                out.status.success(),
-                "nft {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return String::from_utf8_lossy(&out.stdout).into_owned();
-        };
-        cmd.stdin(Stdio::piped());
-        let mut child = cmd.spawn().expect("nft starts");
-        child
-            .stdin
-            .take()
-            .expect("nft stdin")
-            .write_all(input.as_bytes())
-            .expect("writing the ruleset");
-        assert!(
-            child.wait().expect("nft exits").success(),
-            "nft -f failed:\n{input}"
-        );
-        String::new()
-    }
-
-    fn install_counters(&self) {
-        let mut rules = String::from("table inet egress_dns {\n");
-        for (name, _) in COUNTERS {
-            rules.push_str(&format!("  counter {name} {{}}\n"));
-        }
-        rules.push_str(
-            "  chain pre {\n    type filter hook prerouting priority -500; policy accept;\n",
-        );
-        for (name, matches) in COUNTERS {
-            rules.push_str(&format!("    {matches} counter name {name}\n"));
-        }
-        rules.push_str("  }\n}\n");
-        self.nft(&["-f", "-"], Some(&rules));
-    }
-
     /// Packets counted so far by the counter `name`.
     pub fn packets(&self, name: &str) -> u64 {
-        let json = self.nft(&["-j", "list", "counter", "inet", "egress_dns", name], None);
-        let value: Value = serde_json::from_str(&json).expect("nft JSON");
-        value["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find_map(|item| item["counter"]["packets"].as_u64())
-            .unwrap_or_else(|| panic!("no counter {name} in {json}"))
+        self.counters
+            .packets(name)
+            .unwrap_or_else(|e| panic!("counter {name}: {e}"))
     }
 
     /// Resolves `count` names of `pattern` through dnsmasq with the system resolver and
