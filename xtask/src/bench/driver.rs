@@ -114,14 +114,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     });
     let mut gaps = Vec::new();
-    if args.only.is_none() {
+    if args.only.is_none_or(|only| only == Only::Kernel) {
+        let kernel_only = args.only.is_some();
+        let kernel_default = root.join("target/bench-kernel.md");
+        let output = if kernel_only && args.output.is_none() {
+            &kernel_default
+        } else {
+            &output
+        };
         let started = Instant::now();
         let mut report = Report::default();
-        let result = measure_all(&plan, &root, &mut report);
+        let result = if kernel_only {
+            measure_kernel(&plan, &mut report).map(drop)
+        } else {
+            measure_all(&plan, &root, &mut report)
+        };
         if let Err(err) = &result {
             report.gaps.push(format!("the run stopped early: {err:#}"));
         }
-        report.write(&output, plan.quick, started.elapsed().as_secs_f64())?;
+        report.write(output, plan.quick, started.elapsed().as_secs_f64())?;
         println!("bench: wrote {}", output.display());
         result?;
         gaps.extend(report.gaps);
@@ -153,7 +164,8 @@ fn step(what: &str) {
     println!("bench: {what}");
 }
 
-fn measure_all(plan: &Plan, root: &std::path::Path, report: &mut Report) -> Result<()> {
+/// Measures 1a and 4 at every count; returns the empty program for the traffic measures.
+fn measure_kernel(plan: &Plan, report: &mut Report) -> Result<EmptyProgram> {
     let empty = EmptyProgram::load().context("loading the empty cgroup_skb program")?;
     let mut kernel_table = kernel::table(plan.repeat, plan.kernel_rounds);
     let mut apply_table = apply::table(plan.apply_rounds);
@@ -189,6 +201,11 @@ fn measure_all(plan: &Plan, root: &std::path::Path, report: &mut Report) -> Resu
     kernel_targets(report, &costs);
     report.tables.push(kernel_table);
     report.tables.push(apply_table);
+    Ok(empty)
+}
+
+fn measure_all(plan: &Plan, root: &std::path::Path, report: &mut Report) -> Result<()> {
+    let empty = measure_kernel(plan, report)?;
 
     step("traffic: namespaces, cgroup, servers");
     let env = Env::new()?;

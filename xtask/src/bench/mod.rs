@@ -79,6 +79,9 @@ pub struct BenchArgs {
 /// Groups of measures `--only` can select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Only {
+    /// Kernel cost by test run and compile/apply (measures 1a, 4); writes
+    /// target/bench-kernel.md unless `--output` says otherwise.
+    Kernel,
     /// Hostname rules: DNS answer latency and learned-address capacity (measures 7, 8).
     Dns,
 }
