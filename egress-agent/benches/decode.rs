@@ -5,7 +5,7 @@ use std::{hint::black_box, path::PathBuf};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use egress_agent::{
-    audit::{BootClock, RuleNames, decode_event, enrich},
+    audit::{KernelClock, RuleNames, decode_event, enrich},
     cgroup::{Hierarchy, PathCache, find_cgroup2_root},
 };
 use egress_common::ConnectionEvent;
@@ -65,7 +65,7 @@ fn decoder(c: &mut Criterion) {
         return;
     };
     let mut cgroups = PathCache::new(hierarchy);
-    let clock = BootClock::new();
+    let clock = KernelClock::boot();
     let rules = RuleNames::default();
     let decoded = event();
     c.bench_function("decode_and_enrich", |b| {

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::events::{EventWriter, read_events};
 
 use crate::{
-    audit::{AuditLog, BootClock, Rotation, RuleNames},
+    audit::{AuditLog, KernelClock, Rotation, RuleNames},
     cgroup::{Hierarchy, PathCache, find_cgroup2_root},
     control::{
         self,
@@ -227,7 +227,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         learned,
         events_written: Arc::clone(&events_written),
         reloads: control::protocol::ReloadStats::default(),
-        clock: BootClock::new(),
+        clock: KernelClock::monotonic(),
     };
     let mut source = source;
     let mut watcher = watch_policy(&source);
@@ -237,7 +237,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let reader = tokio::spawn(read_events(
         events,
         EventWriter {
-            clock: BootClock::new(),
+            clock: KernelClock::boot(),
             audit: Arc::clone(&audit),
             rule_names,
             cgroups: PathCache::new(hierarchy),

@@ -60,6 +60,8 @@ pub struct MapEntries {
     pub scopes: usize,
     pub addr4: usize,
     pub addr6: usize,
+    pub port_tables: usize,
+    /// `PORTS` trie entries (of tables whose runs did not fit).
     pub ports: usize,
 }
 
@@ -276,7 +278,8 @@ impl Enforcer {
             scopes: compiled.scopes.len(),
             addr4: compiled.addr4.len(),
             addr6: compiled.addr6.len(),
-            ports: compiled.ports.len(),
+            port_tables: compiled.ports.tables.len(),
+            ports: compiled.ports.trie.len(),
         };
         Ok((applied, entries))
     }

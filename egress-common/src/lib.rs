@@ -16,7 +16,10 @@
 //!    apply, and the decision when nothing more specific matches (the policies' defaults).
 //! 4. [`maps::ADDR4`] / [`maps::ADDR6`] map (scope, destination prefix) to an address class by
 //!    longest-prefix match: the set of rules whose destinations contain the address.
-//! 5. [`maps::PORTS`] maps (address class, protocol, port prefix) to the final [`Decision`].
+//! 5. [`maps::PORT_TABLES`] maps (address class, protocol) to the runs of ports the class's
+//!    rules divide the protocol's ports into, each with its final [`Decision`] ([`ports`]).
+//!    A class with more runs than a table holds keeps them in [`maps::PORTS`] instead:
+//!    (address class, protocol, port prefix) to the decision, by longest-prefix match.
 //!
 //! Every id the compiler hands out (cgroup class, scope, address class) carries the
 //! generation's parity in its top bit ([`PARITY_BIT`]), so the entries of the next generation
@@ -27,6 +30,7 @@
 pub mod dns;
 pub mod event;
 pub mod keys;
+pub mod ports;
 
 pub use event::{ConnectionEvent, Direction, SocketOwner};
 pub use keys::{Addr4Data, Addr6Data, CgroupKey, PortData, ScopeKey};
@@ -43,7 +47,11 @@ pub mod maps {
     pub const ADDR4: &str = "EGRESS_ADDR4";
     /// `LpmTrie<Addr6Data, u32>`: (scope, IPv6 prefix) to address class.
     pub const ADDR6: &str = "EGRESS_ADDR6";
-    /// `LpmTrie<PortData, Decision>`: (address class, protocol, port prefix) to decision.
+    /// `HashMap<PortTableKey, PortTable>`: (address class, protocol) to the decisions of
+    /// its runs of ports ([`crate::ports`]).
+    pub const PORT_TABLES: &str = "EGRESS_PORT_TABLES";
+    /// `LpmTrie<PortData, Decision>`: (address class, protocol, port prefix) to decision, for
+    /// the protocols whose runs do not fit a port table.
     pub const PORTS: &str = "EGRESS_PORTS";
     /// `RingBuf` of [`crate::ConnectionEvent`].
     pub const EVENTS: &str = "EGRESS_EVENTS";
@@ -75,12 +83,13 @@ pub mod maps {
     pub const DNS_PROGRAM: &str = "EGRESS_DNS_PROGRAM";
 
     /// Every map, for pinning.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         CONFIG,
         CGROUP_CLASSES,
         SCOPES,
         ADDR4,
         ADDR6,
+        PORT_TABLES,
         PORTS,
         EVENTS,
         FLOWS,
@@ -150,6 +159,9 @@ pub mod capacity {
     pub const SCOPES: u32 = 65_536;
     pub const ADDR4: u32 = 2_200_000;
     pub const ADDR6: u32 = 2_200_000;
+    /// Allocated as used (`BPF_F_NO_PREALLOC`): a preallocated map of this many tables
+    /// would pin 70 MiB whatever the policy.
+    pub const PORT_TABLES: u32 = 262_144;
     pub const PORTS: u32 = 1_048_576;
     pub const FLOWS: u32 = 65_536;
     pub const SOCKETS: u32 = 65_536;
@@ -374,9 +386,10 @@ pub struct RuleHits {
     /// Connections and flows (first packets, and calls rejected at `connect()`/`sendmsg()`).
     pub connections_allowed: u64,
     pub connections_denied: u64,
-    /// `bpf_ktime_get_boot_ns` of the last connection or flow start (or rejected call) this
-    /// rule decided on this CPU; later packets of a connection do not read the clock.
-    pub last_hit_boot_ns: u64,
+    /// `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC`, to the tick) of the last connection or
+    /// flow start (or rejected call) this rule decided on this CPU; later packets of a
+    /// connection do not read the clock.
+    pub last_hit_ns: u64,
 }
 
 /// Value of [`maps::SCOPES`].
@@ -410,6 +423,8 @@ mod pod {
     unsafe impl aya::Pod for super::RuleHits {}
     unsafe impl aya::Pod for super::CgroupKey {}
     unsafe impl aya::Pod for super::ScopeKey {}
+    unsafe impl aya::Pod for super::ports::PortTableKey {}
+    unsafe impl aya::Pod for super::ports::PortTable {}
     unsafe impl aya::Pod for super::event::FlowKey {}
     unsafe impl aya::Pod for super::event::FlowState {}
     unsafe impl aya::Pod for super::event::SocketOwner {}

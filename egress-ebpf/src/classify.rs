@@ -5,10 +5,11 @@ use aya_ebpf::maps::lpm_trie::Key;
 use egress_common::{
     Decision, ScopeValue,
     keys::{self, ID_BITS, PORT_KEY_FULL_BITS},
+    ports::{ANY_PROTOCOL, PortTableKey},
 };
 
 use crate::{
-    maps::{EGRESS_ADDR4, EGRESS_ADDR6, EGRESS_PORTS},
+    maps::{EGRESS_ADDR4, EGRESS_ADDR6, EGRESS_PORT_TABLES, EGRESS_PORTS},
     names,
 };
 
@@ -58,10 +59,52 @@ fn decide_in(scope: u32, default: &Decision, to: &Destination) -> Decision {
     let Some(class) = class else {
         return *default;
     };
-    let key = Key::new(
-        PORT_KEY_FULL_BITS,
-        keys::port_data(class, to.protocol, to.port),
-    );
+    let mut decision = *default;
     // No rule of this class matches the protocol and port: the defaults decide.
-    EGRESS_PORTS.get(&key).copied().unwrap_or(*default)
+    port_decision(class, to.protocol, to.port, &mut decision);
+    decision
+}
+
+/// Writes the decision of the rules of address or name class `class` for `protocol` and
+/// `port` (0 for protocols without ports) to `decision`; false, writing nothing, when none
+/// of them matches. Out of line, with the result written through a pointer: its keys stay
+/// off the callers' frames (the ingress program's call chain is within 20 bytes of the
+/// verifier's 512), and a returned `Option<Decision>` would come back through a stack
+/// pointer, which the verifier rejects.
+#[inline(never)]
+pub fn port_decision(class: u32, protocol: u8, port: u16, decision: &mut Decision) -> bool {
+    let key = PortTableKey {
+        class,
+        protocol,
+        _pad: [0; 3],
+    };
+    // SAFETY: values of this map are plain data written whole by the agent.
+    let table = match unsafe { EGRESS_PORT_TABLES.get(key) } {
+        Some(table) => table,
+        // No table of its own: the protocol is decided by the class's rules for any protocol,
+        // if it has some.
+        None => match unsafe {
+            EGRESS_PORT_TABLES.get(PortTableKey {
+                protocol: ANY_PROTOCOL,
+                ..key
+            })
+        } {
+            Some(table) => table,
+            None => return false,
+        },
+    };
+    let found = if table.runs == 0 {
+        // More runs than a table holds: the trie has them.
+        let key = Key::new(PORT_KEY_FULL_BITS, keys::port_data(class, protocol, port));
+        EGRESS_PORTS.get(&key).copied()
+    } else {
+        table.decide(port)
+    };
+    match found {
+        Some(found) => {
+            *decision = found;
+            true
+        }
+        None => false,
+    }
 }

@@ -10,6 +10,7 @@ use egress_common::{
     ScopeValue, capacity, counter,
     dns::{DnsConfig, HostKeyData, Learned, LearnedKey, NameClassKey, NameSetId},
     event::{FlowKey, FlowState, SocketOwner},
+    ports::{PortTable, PortTableKey},
 };
 
 use crate::{dns::Scratch, names::LookupKeys};
@@ -38,7 +39,14 @@ pub static EGRESS_ADDR4: LpmTrie<Addr4Data, u32> = LpmTrie::with_max_entries(cap
 #[map]
 pub static EGRESS_ADDR6: LpmTrie<Addr6Data, u32> = LpmTrie::with_max_entries(capacity::ADDR6, 0);
 
-/// (address class, protocol, port prefix) → decision, by longest-prefix match.
+/// (address class, protocol) → the decisions of the class's runs of ports for the
+/// protocol (`egress_common::ports`). Allocated as entries are written.
+#[map]
+pub static EGRESS_PORT_TABLES: HashMap<PortTableKey, PortTable> =
+    HashMap::with_max_entries(capacity::PORT_TABLES, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+/// (address class, protocol, port prefix) → decision, by longest-prefix match: only for the
+/// classes and protocols whose table says its runs did not fit.
 #[map]
 pub static EGRESS_PORTS: LpmTrie<PortData, Decision> =
     LpmTrie::with_max_entries(capacity::PORTS, 0);

@@ -1,17 +1,16 @@
 //! Learned addresses: recording what DNS told a cgroup (`dns.rs`) and using it when that
 //! cgroup sends (`classify.rs`).
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_boot_ns, maps::lpm_trie::Key};
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use egress_common::{
-    Decision, PortData, ScopeValue, counter,
+    Decision, ScopeValue, counter,
     dns::{Learned, LearnedKey, MAX_NAME_SETS, NameClassKey, NameSetId},
-    keys::{self, PORT_KEY_FULL_BITS},
 };
 
 use crate::{
-    classify::Destination,
+    classify::{Destination, port_decision},
     events,
-    maps::{EGRESS_LEARNED, EGRESS_NAME_CLASSES, EGRESS_NAME_KEYS, EGRESS_PORTS},
+    maps::{EGRESS_LEARNED, EGRESS_NAME_CLASSES, EGRESS_NAME_KEYS},
 };
 
 /// Records that the cgroup of `key` was told `key.addr` for names with `sets`, until
@@ -63,7 +62,6 @@ pub fn learn(
 pub struct LookupKeys {
     learned: LearnedKey,
     class: NameClassKey,
-    port: Key<PortData>,
 }
 
 /// `decision` (the address decision) merged with the decisions of the names the cgroup
@@ -117,13 +115,10 @@ pub fn merge_learned(
         let Some(class) = (unsafe { EGRESS_NAME_CLASSES.get(&keys.class) }) else {
             continue; // no rule of this scope names any of these patterns
         };
-        keys.port = Key::new(
-            PORT_KEY_FULL_BITS,
-            keys::port_data(*class, to.protocol, to.port),
-        );
-        // No entry: no rule of the name class admits this protocol and port.
-        if let Some(by_name) = EGRESS_PORTS.get(&keys.port) {
-            merged = merged.merge(*by_name, scope.flags);
+        let mut by_name = merged;
+        // False: no rule of the name class admits this protocol and port.
+        if port_decision(*class, to.protocol, to.port, &mut by_name) {
+            merged = merged.merge(by_name, scope.flags);
         }
     }
     merged

@@ -323,6 +323,37 @@ fn port_range_edges() {
     }
 }
 
+/// Port lists that cut a protocol's ports into more runs than a port table holds are
+/// decided by the `PORTS` trie; shorter ones by the table (`egress_common::ports`).
+#[test]
+fn long_port_lists_are_decided_through_the_trie() {
+    let mut bench = Bench::new();
+    let set = Bench::parse(&doc(
+        "p",
+        "  egress:\n    - name: many\n      action: deny\n      to: [{entity: any}]\n      \
+         protocol: tcp\n      ports: [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, \"23-25\"]\n    \
+         - name: few\n      action: deny\n      to: [{entity: any}]\n      \
+         protocol: udp\n      ports: [53, \"100-200\"]\n",
+    ));
+    bench.apply(&set);
+    for dst in ["198.51.100.7", "2001:db8::7"] {
+        for port in [0, 1, 2, 3, 20, 21, 22, 23, 24, 25, 26, 443, 65535] {
+            let denied = port == 21 || (port % 2 == 1 && port < 20) || (23..=25).contains(&port);
+            bench.expect(&set, probe(dst, Transport::TcpSyn(port)), !denied);
+        }
+        for (port, passes) in [
+            (52, true),
+            (53, false),
+            (99, true),
+            (100, false),
+            (200, false),
+            (201, true),
+        ] {
+            bench.expect(&set, probe(dst, Transport::Udp(port)), passes);
+        }
+    }
+}
+
 #[test]
 fn default_deny_makes_an_allowlist() {
     let mut bench = Bench::new();

@@ -14,14 +14,14 @@ use tokio::{io::unix::AsyncFd, sync::oneshot};
 
 use super::dns::LearnedNames;
 use crate::{
-    audit::{AuditLog, BootClock, RuleNames, decode_event, enrich, record::ConnectionRecord},
+    audit::{AuditLog, KernelClock, RuleNames, decode_event, enrich, record::ConnectionRecord},
     cgroup::PathCache,
     kubernetes::owners::SharedOwners,
 };
 
 /// Turns ring buffer items into connection records.
 pub struct EventWriter {
-    pub clock: BootClock,
+    pub clock: KernelClock,
     pub audit: Arc<Mutex<AuditLog>>,
     pub rule_names: Arc<Mutex<RuleNames>>,
     pub cgroups: PathCache,
@@ -216,7 +216,7 @@ mod tests {
         fs::create_dir(&blocker).expect("mkdir");
         fs::write(blocker.join("x"), "").expect("write");
         let mut writer = EventWriter {
-            clock: BootClock::new(),
+            clock: KernelClock::boot(),
             audit: Arc::clone(&audit),
             rule_names: Arc::default(),
             cgroups: PathCache::new(Hierarchy::new(root).expect("hierarchy")),

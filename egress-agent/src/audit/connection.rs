@@ -9,7 +9,7 @@ use std::{
 use egress_common::{ConnectionEvent, Direction, NO_RULE};
 
 use super::{
-    BootClock,
+    KernelClock,
     clock::rfc3339,
     record::{ConnectionRecord, protocol_name, verdict_name},
 };
@@ -65,7 +65,7 @@ fn address(ip_version: u8, bytes: [u8; 16]) -> IpAddr {
 /// Turns an event into a record (without `seq`, which the sink assigns).
 pub fn enrich(
     event: &ConnectionEvent,
-    clock: &BootClock,
+    clock: &KernelClock,
     rules: &RuleNames,
     cgroups: &mut PathCache,
 ) -> ConnectionRecord {
@@ -194,7 +194,7 @@ mod tests {
                 cgroup_id,
                 ..event()
             },
-            &BootClock::new(),
+            &KernelClock::boot(),
             &rules,
             &mut cgroups,
         );
@@ -215,7 +215,7 @@ mod tests {
             generation: 4,
             ..event()
         };
-        let record = enrich(&other, &BootClock::new(), &rules, &mut cgroups);
+        let record = enrich(&other, &KernelClock::boot(), &rules, &mut cgroups);
         assert_eq!((record.policy, record.rule), (None, None));
         assert_eq!(
             (record.cgroup.as_str(), record.unit),

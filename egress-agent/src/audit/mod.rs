@@ -9,7 +9,7 @@ pub mod record;
 mod sink;
 mod state;
 
-pub use clock::BootClock;
+pub use clock::KernelClock;
 pub use connection::{RuleNames, decode_event, enrich};
 pub use files::LogFiles;
 pub use sink::{AuditError, AuditLog, Rotation};

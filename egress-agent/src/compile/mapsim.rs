@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use egress_common::dns::{HOST_KEY_BYTES, NameClassKey, NameSetId, host_key};
 use egress_common::keys::{PORT_KEY_FULL_BITS, addr4_data, addr6_data, port_data};
+use egress_common::ports::{ANY_PROTOCOL, PortTable, PortTableKey};
 use egress_common::{
     ANY_UID, Decision, PARITY_BIT, PortData, ScopeKey, ScopeValue, config_flags, verdict,
 };
@@ -62,6 +63,7 @@ pub struct MapSim {
     scopes: HashMap<ScopeKey, ScopeValue>,
     addr4: Lpm<8, u32>,
     addr6: Lpm<20, u32>,
+    port_tables: HashMap<PortTableKey, PortTable>,
     ports: Lpm<7, Decision>,
 }
 
@@ -81,7 +83,8 @@ impl MapSim {
             scopes: compiled.scopes.iter().copied().collect(),
             addr4: Lpm::new(compiled.addr4.iter()),
             addr6: Lpm::new(compiled.addr6.iter()),
-            ports: Lpm::new(compiled.ports.iter()),
+            port_tables: compiled.ports.tables.iter().copied().collect(),
+            ports: Lpm::new(compiled.ports.trie.iter()),
         }
     }
 
@@ -223,15 +226,29 @@ impl MapSim {
         self.port_lookup(addr_class, protocol, port)
     }
 
-    /// Step 5: the `PORTS` entry of an address or name class; `None` on a miss.
+    /// Step 5: the decision of an address or name class's rules for the protocol and port,
+    /// from its table for the protocol (or, without one, for any protocol), or from `PORTS`
+    /// where the table says so; `None` where no rule matches.
     fn port_lookup(&self, class: u32, protocol: u8, port: u16) -> Option<Decision> {
         let port = if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {
             port
         } else {
             0
         };
-        let data: PortData = port_data(class, protocol, port);
-        self.ports.lookup(data, PORT_KEY_FULL_BITS)
+        let key = |protocol| PortTableKey {
+            class,
+            protocol,
+            _pad: [0; 3],
+        };
+        let table = self
+            .port_tables
+            .get(&key(protocol))
+            .or_else(|| self.port_tables.get(&key(ANY_PROTOCOL)))?;
+        if table.runs == 0 {
+            let data: PortData = port_data(class, protocol, port);
+            return self.ports.lookup(data, PORT_KEY_FULL_BITS);
+        }
+        table.decide(port)
     }
 }
 

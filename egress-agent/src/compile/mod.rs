@@ -13,6 +13,8 @@ mod host_tests;
 mod hosts;
 pub mod mapsim;
 mod ports;
+
+pub use ports::PortEntries;
 #[cfg(test)]
 mod proptests;
 mod scopes;
@@ -24,9 +26,7 @@ use std::hash::Hash;
 
 use egress_common::dns::{HostKeyData, NameClassKey, NameSetId};
 use egress_common::keys::{addr4_data, addr6_data};
-use egress_common::{
-    Addr4Data, Addr6Data, Decision, PARITY_BIT, PortData, ScopeKey, ScopeValue, config_flags,
-};
+use egress_common::{Addr4Data, Addr6Data, PARITY_BIT, ScopeKey, ScopeValue, config_flags};
 
 use crate::eval::{decision_for, ingress_decision_for};
 use crate::policy::{Family, PodSelector, Policy, PolicySet, Rule, RuleInfo, Selector};
@@ -106,8 +106,8 @@ pub struct Compiled {
     /// (prefix length including the 32 scope bits, key data, address class).
     pub addr4: Vec<(u32, Addr4Data, u32)>,
     pub addr6: Vec<(u32, Addr6Data, u32)>,
-    /// (prefix length including class and protocol bits, key data, decision).
-    pub ports: Vec<(u32, PortData, Decision)>,
+    /// `PORT_TABLES` and `PORTS`.
+    pub ports: PortEntries,
     /// `HOSTNAMES`: (prefix length in bits, parity byte included; key data; name set id,
     /// 0 for "no set").
     pub hostnames: Vec<(u32, HostKeyData, NameSetId)>,

@@ -1,7 +1,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use egress_common::{PARITY_BIT, verdict};
+use egress_common::{Decision, PARITY_BIT, verdict};
 
 use super::*;
 use crate::eval;
@@ -320,4 +320,55 @@ fn million_prefixes_benchmark() {
         start.elapsed()
     );
     assert_eq!(compiled.summary.prefixes, 1_000_000);
+}
+
+#[test]
+fn port_lists_too_long_for_a_table_are_decided_by_the_trie() {
+    let text = r#"
+apiVersion: egress.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: ports}
+spec:
+  defaultAction: allow
+  egress:
+    - name: many-tcp-ports
+      action: deny
+      to: [{cidr: 192.0.2.0/24}]
+      protocol: tcp
+      ports: [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, "23-25"]
+    - name: few-udp-ports
+      action: deny
+      to: [{cidr: 192.0.2.0/24}]
+      protocol: udp
+      ports: [53, "100-200"]
+    - name: everything
+      action: allow
+      to: [{cidr: 192.0.2.128/25}]
+"#;
+    let set = parse_str(Path::new("ports.yaml"), text).expect("valid test input");
+    let compiled = compile(&set, &CgroupResolution::default(), 0).expect("valid test input");
+    let tables = &compiled.ports.tables;
+    assert!(
+        tables
+            .iter()
+            .any(|(key, table)| key.protocol == 6 && table.runs == 0),
+        "the TCP runs do not fit a table: {tables:?}"
+    );
+    assert!(
+        tables
+            .iter()
+            .any(|(key, table)| key.protocol == 17 && table.runs == 5),
+        "the UDP runs fit one: {tables:?}"
+    );
+    assert!(!compiled.ports.trie.is_empty());
+    let sim = mapsim::MapSim::new(&compiled);
+    for dst in ["192.0.2.7", "192.0.2.200", "198.51.100.1"] {
+        for protocol in [6, 17, 1, 58, 47] {
+            for port in (0..=30).chain([52, 53, 54, 99, 100, 150, 200, 201, 65535]) {
+                let want = eval::decide(&set, "/", 0, ip(dst), protocol, port);
+                let got = sim.decide("/", 0, ip(dst), protocol, port);
+                assert_eq!(got, want, "{dst} {protocol} {port}");
+            }
+        }
+    }
 }

@@ -19,7 +19,7 @@ use super::protocol::{
     PolicyStatus, ReloadStats, RuleStatus, Rules, Status,
 };
 use crate::{
-    audit::{BootClock, clock::rfc3339},
+    audit::{KernelClock, clock::rfc3339},
     datapath::{Attachment, Counters, LearnedAddresses, PROGRAMS, RuleHitCounters},
     enforcer::{EnforceError, Enforcer, record_rejection_by},
     eval,
@@ -52,7 +52,8 @@ pub struct AgentState {
     /// Connection records written by the event reader.
     pub events_written: Arc<AtomicU64>,
     pub reloads: ReloadStats,
-    pub clock: BootClock,
+    /// `CLOCK_MONOTONIC`: the clock of the rules' last-hit times.
+    pub clock: KernelClock,
 }
 
 fn to_value<T: Serialize>(value: &T) -> Result<serde_json::Value, String> {
@@ -216,6 +217,11 @@ impl AgentState {
                 usage(maps::SCOPES, entries.scopes, capacity::SCOPES),
                 usage(maps::ADDR4, entries.addr4, capacity::ADDR4),
                 usage(maps::ADDR6, entries.addr6, capacity::ADDR6),
+                usage(
+                    maps::PORT_TABLES,
+                    entries.port_tables,
+                    capacity::PORT_TABLES,
+                ),
                 usage(maps::PORTS, entries.ports, capacity::PORTS),
             ],
             events: EventStats {
@@ -253,8 +259,8 @@ impl AgentState {
                 packets_denied: hits.packets_denied,
                 connections_allowed: hits.connections_allowed,
                 connections_denied: hits.connections_denied,
-                last_hit: (hits.last_hit_boot_ns != 0)
-                    .then(|| rfc3339(self.clock.wall(hits.last_hit_boot_ns))),
+                last_hit: (hits.last_hit_ns != 0)
+                    .then(|| rfc3339(self.clock.wall(hits.last_hit_ns))),
             });
         }
         Ok(Rules {

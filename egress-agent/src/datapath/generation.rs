@@ -16,6 +16,7 @@ use egress_common::{
     ScopeValue,
     dns::{HostKeyData, NameClassKey, NameSetId},
     maps,
+    ports::{PortTable, PortTableKey},
 };
 
 use super::{DatapathError, take};
@@ -48,6 +49,7 @@ struct Written {
     scopes: Vec<ScopeKey>,
     addr4: Vec<Key<Addr4Data>>,
     addr6: Vec<Key<Addr6Data>>,
+    port_tables: Vec<PortTableKey>,
     ports: Vec<Key<PortData>>,
     hostnames: Vec<Key<HostKeyData>>,
     name_classes: Vec<NameClassKey>,
@@ -70,6 +72,7 @@ pub struct GenerationWriter {
     scopes: HashMap<MapData, ScopeKey, ScopeValue>,
     addr4: LpmTrie<MapData, Addr4Data, u32>,
     addr6: LpmTrie<MapData, Addr6Data, u32>,
+    port_tables: HashMap<MapData, PortTableKey, PortTable>,
     ports: LpmTrie<MapData, PortData, Decision>,
     hostnames: LpmTrie<MapData, HostKeyData, NameSetId>,
     name_classes: HashMap<MapData, NameClassKey, u32>,
@@ -100,6 +103,7 @@ impl GenerationWriter {
             scopes: take(ebpf, maps::SCOPES)?,
             addr4: take(ebpf, maps::ADDR4)?,
             addr6: take(ebpf, maps::ADDR6)?,
+            port_tables: take(ebpf, maps::PORT_TABLES)?,
             ports: take(ebpf, maps::PORTS)?,
             hostnames: take(ebpf, maps::HOSTNAMES)?,
             name_classes: take(ebpf, maps::NAME_CLASSES)?,
@@ -236,7 +240,13 @@ impl GenerationWriter {
                 .map_err(fail("an IPv6 prefix"))?;
             written.addr6.push(key);
         }
-        for (prefix_len, data, decision) in &compiled.ports {
+        for (key, table) in &compiled.ports.tables {
+            self.port_tables
+                .insert(key, table, 0)
+                .map_err(fail("a port table"))?;
+            written.port_tables.push(*key);
+        }
+        for (prefix_len, data, decision) in &compiled.ports.trie {
             let key = Key::new(*prefix_len, *data);
             self.ports
                 .insert(&key, decision, 0)
@@ -269,6 +279,7 @@ impl GenerationWriter {
             scopes,
             addr4,
             addr6,
+            port_tables,
             ports,
             hostnames,
             name_classes,
@@ -277,6 +288,7 @@ impl GenerationWriter {
             + failed(scopes, |k| self.scopes.remove(k))
             + failed(addr4, |k| self.addr4.remove(k))
             + failed(addr6, |k| self.addr6.remove(k))
+            + failed(port_tables, |k| self.port_tables.remove(k))
             + failed(ports, |k| self.ports.remove(k))
             + failed(hostnames, |k| self.hostnames.remove(k))
             + failed(name_classes, |k| self.name_classes.remove(k));
@@ -304,6 +316,9 @@ impl GenerationWriter {
             }),
             addr6: stale(self.addr6.keys(), |key| {
                 leading_parity(&key.data()) == retired
+            }),
+            port_tables: stale(self.port_tables.keys(), |key| {
+                key.class & PARITY_BIT == retired
             }),
             ports: stale(self.ports.keys(), |key| {
                 leading_parity(&key.data()) == retired
@@ -356,6 +371,7 @@ impl Written {
             scopes,
             addr4,
             addr6,
+            port_tables,
             ports,
             hostnames,
             name_classes,
@@ -364,6 +380,7 @@ impl Written {
             + scopes.len()
             + addr4.len()
             + addr6.len()
+            + port_tables.len()
             + ports.len()
             + hostnames.len()
             + name_classes.len()

@@ -488,14 +488,14 @@ impl RuleHitCounters {
                 packets_denied,
                 connections_allowed,
                 connections_denied,
-                last_hit_boot_ns,
+                last_hit_ns,
             } = *hits;
             RuleHits {
                 packets_allowed: sum.packets_allowed + packets_allowed,
                 packets_denied: sum.packets_denied + packets_denied,
                 connections_allowed: sum.connections_allowed + connections_allowed,
                 connections_denied: sum.connections_denied + connections_denied,
-                last_hit_boot_ns: sum.last_hit_boot_ns.max(last_hit_boot_ns),
+                last_hit_ns: sum.last_hit_ns.max(last_hit_ns),
             }
         }))
     }

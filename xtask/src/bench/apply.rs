@@ -96,8 +96,9 @@ pub fn table(rounds: usize) -> Table {
              parsed policy; apply = writing every map entry and switching generation (into empty \
              maps). Reload = compile + apply of a second generation while the first is active \
              (includes the 20 ms retire grace and removing the old entries). Memory = the \
-             kernel's `memlock` of each map after the first apply (LPM tries report what they \
-             hold, the other maps their preallocation)."
+             kernel's `memlock` of each map after the first apply (the LPM tries and the port \
+             tables report what they hold, the other maps their preallocation); policy maps = \
+             the address tries, the port tables and the port trie."
         ),
         &[
             "prefixes",
@@ -107,7 +108,7 @@ pub fn table(rounds: usize) -> Table {
             "compile + apply ms",
             "live reload ms",
             "all maps MiB",
-            "tries MiB",
+            "policy maps MiB",
         ],
     )
 }

@@ -67,7 +67,7 @@ impl Loaded {
     }
 
     /// Kernel memory of the program's maps (the `memlock` the kernel charges for each), in
-    /// bytes: (all maps, the address tries and port trie only).
+    /// bytes: (all maps, the address tries, port tables and port trie only).
     pub fn map_memory(&mut self) -> Result<(u64, u64)> {
         let ids = self
             .datapath
@@ -87,14 +87,7 @@ impl Loaded {
                 .and_then(|v| v.trim().parse().ok())
                 .with_context(|| format!("no memlock in {path}"))?;
             total += memlock;
-            if matches!(
-                info.name_as_str(),
-                Some(
-                    egress_common::maps::ADDR4
-                        | egress_common::maps::ADDR6
-                        | egress_common::maps::PORTS
-                )
-            ) {
+            if info.name_as_str().is_some_and(is_policy_map) {
                 tries += memlock;
             }
         }
@@ -155,4 +148,12 @@ impl Drop for EventDrain {
             let _ = thread.join();
         }
     }
+}
+
+/// Whether the kernel's name of a map (cut to 15 bytes) is one of the address and port maps.
+fn is_policy_map(kernel_name: &str) -> bool {
+    use egress_common::maps::{ADDR4, ADDR6, PORT_TABLES, PORTS};
+    [ADDR4, ADDR6, PORT_TABLES, PORTS]
+        .iter()
+        .any(|name| name.get(..15).unwrap_or(name) == kernel_name)
 }
