@@ -8,13 +8,13 @@ use aya_ebpf::{
 };
 use egress_common::{
     ConnectionEvent, Decision, Direction, RuntimeConfig, counter,
-    event::{FlowKey, FlowState},
+    event::{FlowKey, FlowState, ReportedConnection},
     verdict,
 };
 
 use crate::{
-    maps::{EGRESS_COUNTERS, EGRESS_EVENTS, EGRESS_FLOWS, EGRESS_RULE_HITS},
-    packet::Packet,
+    maps::{EGRESS_COUNTERS, EGRESS_EVENTS, EGRESS_FLOWS, EGRESS_RULE_HITS, EGRESS_SOCKETS},
+    packet::{self, Packet},
     process,
 };
 
@@ -53,7 +53,8 @@ pub fn hit(decision: &Decision, first: bool) {
 /// Reports a decision about `flow` once per generation and verdict, if the deciding
 /// policies asked for it. Later packets of a reported flow that are dropped again
 /// (retransmitted SYNs, repeated datagrams) are folded into the flow's dropped count
-/// instead of becoming events of their own.
+/// instead of becoming events of their own. `connection`: the flow is an outbound TCP
+/// connection, whose state is kept with its socket's owner where the socket has one.
 ///
 /// `fill` writes the event in place in the reserved ring buffer entry, which starts zeroed:
 /// building it on the stack first would cost 136 of the program's 512 stack bytes.
@@ -63,11 +64,78 @@ pub fn report(
     config: &RuntimeConfig,
     decision: &Decision,
     flow: &FlowKey,
+    connection: bool,
     fill: impl FnOnce(&mut ConnectionEvent),
 ) -> bool {
     if decision.log == 0 {
         return false;
     }
+    let socket = if connection {
+        EGRESS_SOCKETS.get_ptr_mut(flow.socket_cookie)
+    } else {
+        None
+    };
+    let first = match socket {
+        // SAFETY: an LRU value pointer stays valid for this program run; plain data.
+        Some(owner) => first_report(config, decision, flow, unsafe { &mut (*owner).reported }),
+        None => first_flow_report(config, decision, flow),
+    };
+    if !first {
+        return false;
+    }
+    // The entry is written whole and submitted on the only path that reserved it.
+    match EGRESS_EVENTS.reserve::<ConnectionEvent>(0) {
+        Some(mut entry) => {
+            let event = entry.as_mut_ptr();
+            // SAFETY: the reservation is valid for one ConnectionEvent, plain data for which
+            // all zeroes is a valid value; it is initialized before the reference is made.
+            unsafe {
+                core::ptr::write_bytes(event, 0, 1);
+                fill(&mut *event);
+            }
+            entry.submit(0);
+        }
+        None => count(counter::EVENTS_LOST),
+    }
+    true
+}
+
+/// Whether the connection `flow` is reported for the first time under this generation and
+/// verdict, by the state kept with its socket; marks it reported.
+fn first_report(
+    config: &RuntimeConfig,
+    decision: &Decision,
+    flow: &FlowKey,
+    reported: &mut ReportedConnection,
+) -> bool {
+    let denied = decision.verdict == verdict::DENY;
+    if reported.state.generation == config.generation
+        && reported.state.verdict == decision.verdict
+        && reported.dst == flow.dst
+        && reported.dst_port == flow.dst_port
+    {
+        // Two CPUs sending one socket's packets at the same instant may lose one count,
+        // never a verdict (as in `first_flow_report`).
+        reported.state.dropped += u64::from(denied);
+        return false;
+    }
+    *reported = ReportedConnection {
+        state: FlowState {
+            generation: config.generation,
+            dropped: u64::from(denied),
+            verdict: decision.verdict,
+            _pad: [0; 7],
+        },
+        dst: flow.dst,
+        dst_port: flow.dst_port,
+        _pad: [0; 6],
+    };
+    true
+}
+
+/// Whether `flow` is reported for the first time under this generation and verdict, by
+/// `EGRESS_FLOWS`; marks it reported.
+fn first_flow_report(config: &RuntimeConfig, decision: &Decision, flow: &FlowKey) -> bool {
     let denied = decision.verdict == verdict::DENY;
     if let Some(seen) = EGRESS_FLOWS.get_ptr_mut(flow) {
         // SAFETY: an LRU value pointer stays valid for this program run; fields are plain.
@@ -90,21 +158,6 @@ pub fn report(
     };
     // An LRU insert only fails under memory pressure; the event is still worth sending.
     let _ = EGRESS_FLOWS.insert(flow, state, 0);
-
-    // The entry is written whole and submitted on the only path that reserved it.
-    match EGRESS_EVENTS.reserve::<ConnectionEvent>(0) {
-        Some(mut entry) => {
-            let event = entry.as_mut_ptr();
-            // SAFETY: the reservation is valid for one ConnectionEvent, plain data for which
-            // all zeroes is a valid value; it is initialized before the reference is made.
-            unsafe {
-                core::ptr::write_bytes(event, 0, 1);
-                fill(&mut *event);
-            }
-            entry.submit(0);
-        }
-        None => count(counter::EVENTS_LOST),
-    }
     true
 }
 
@@ -143,7 +196,8 @@ pub fn report_packet(judged: &PacketDecision<'_>) -> bool {
         icmp_type: packet.icmp_type,
         _pad: [u8::from(inbound), 0, 0],
     };
-    report(config, decision, &flow, |event| {
+    let connection = !inbound && packet.protocol == packet::IPPROTO_TCP;
+    report(config, decision, &flow, connection, |event| {
         process::attribute(socket_cookie, event);
         // SAFETY: helpers reading the clock and the skb the kernel passed us.
         event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };

@@ -15,7 +15,9 @@ use egress_common::{Direction, config_flags, counter, event::FlowKey, verdict};
 
 use crate::{
     classify::{self, Destination},
-    events, maps, process, scope,
+    events, maps,
+    packet::{IPPROTO_TCP, IPPROTO_UDP},
+    process, scope,
 };
 
 /// Return values of `cgroup/connect*` and `cgroup/sendmsg*`: 0 fails the call with EPERM.
@@ -91,11 +93,9 @@ fn judge_v6(ctx: &SockAddrContext) -> i32 {
 fn judge(ctx: &SockAddrContext, ip_version: u8, dst: [u8; 16], port: u32, protocol: u32) -> i32 {
     // SAFETY: the helper reads the socket of the context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let known = process::owner(cookie);
     // The socket's uid was fixed when it was created; a process that changed uid since is
     // still judged as the socket's owner, like the packet hook does.
-    let uid = known.map_or_else(process::current_fsuid, |owner| owner.uid);
-    process::record(cookie, uid);
+    let uid = process::claim(cookie);
 
     let Some(config) = maps::config() else {
         return PROCEED;
@@ -111,7 +111,7 @@ fn judge(ctx: &SockAddrContext, ip_version: u8, dst: [u8; 16], port: u32, protoc
     let protocol = protocol as u8;
     // `user_port` holds the port in network byte order in its low 16 bits.
     let port = u16::from_be(port as u16);
-    let has_ports = protocol == 6 || protocol == 17;
+    let has_ports = protocol == IPPROTO_TCP || protocol == IPPROTO_UDP;
     let to = Destination {
         ip_version,
         addr: dst,
@@ -138,25 +138,31 @@ fn judge(ctx: &SockAddrContext, ip_version: u8, dst: [u8; 16], port: u32, protoc
         icmp_type: 0,
         _pad: [0; 3],
     };
-    events::report(&config, &decision, &flow, |event| {
-        // SAFETY: plain helper calls in process context.
-        event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-        event.generation = config.generation;
-        event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        event.socket_cookie = cookie;
-        event.rule = decision.rule;
-        event.audit_rule = decision.audit_rule;
-        event.uid = uid;
-        process::attribute(cookie, event);
-        event.dst = dst;
-        event.dst_port = to.port;
-        event.ip_version = ip_version;
-        event.protocol = protocol;
-        event.verdict = decision.verdict;
-        event.audit_verdict = decision.audit_verdict;
-        event.direction = Direction::Egress as u8;
-        // The call never built a packet: the attempt is the one thing dropped.
-        event.dropped_packets = 1;
-    });
+    events::report(
+        &config,
+        &decision,
+        &flow,
+        protocol == IPPROTO_TCP,
+        |event| {
+            // SAFETY: plain helper calls in process context.
+            event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+            event.generation = config.generation;
+            event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+            event.socket_cookie = cookie;
+            event.rule = decision.rule;
+            event.audit_rule = decision.audit_rule;
+            event.uid = uid;
+            process::attribute(cookie, event);
+            event.dst = dst;
+            event.dst_port = to.port;
+            event.ip_version = ip_version;
+            event.protocol = protocol;
+            event.verdict = decision.verdict;
+            event.audit_verdict = decision.audit_verdict;
+            event.direction = Direction::Egress as u8;
+            // The call never built a packet: the attempt is the one thing dropped.
+            event.dropped_packets = 1;
+        },
+    );
     REJECT
 }
