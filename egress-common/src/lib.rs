@@ -115,6 +115,8 @@ pub mod programs {
     pub const INGRESS: &str = "egress_ingress_skb";
     /// `cgroup/sock_create`: records who created each socket.
     pub const SOCK_CREATE: &str = "egress_sock_create";
+    /// `cgroup/sock_release`: forgets a closed socket's owner.
+    pub const SOCK_RELEASE: &str = "egress_sock_release";
     /// `cgroup/connect4` and `connect6`: reject denied destinations at `connect()` with EPERM.
     pub const CONNECT4: &str = "egress_connect4";
     pub const CONNECT6: &str = "egress_connect6";

@@ -34,8 +34,9 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Every program of the object, in attach order: attribution first, then the early
 /// rejections, then the packet backstop, so that no moment exists in which a call is judged
 /// but its packets are not.
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 8] = [
     programs::SOCK_CREATE,
+    programs::SOCK_RELEASE,
     programs::CONNECT4,
     programs::CONNECT6,
     programs::SENDMSG4,
