@@ -227,7 +227,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         learned,
         events_written: Arc::clone(&events_written),
         reloads: control::protocol::ReloadStats::default(),
-        clock: KernelClock::monotonic(),
     };
     let mut source = source;
     let mut watcher = watch_policy(&source);

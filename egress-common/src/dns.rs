@@ -15,7 +15,7 @@
 //! 3. When a packet or a `connect()` of that cgroup goes to a learned address, each set is
 //!    looked up with the scope in [`crate::maps::NAME_CLASSES`] to a name class: the rules
 //!    of the scope whose host entries hold a pattern of the set. Its decision for the
-//!    protocol and port (from [`crate::maps::PORTS`], like an address class) is merged into
+//!    protocol and port (from [`crate::maps::PORT_TABLES`], like an address class's) is merged into
 //!    the address decision with [`crate::Decision::merge`].
 //!
 //! Set ids are derived from the patterns themselves, not from a generation, so learned

@@ -71,10 +71,9 @@ pub struct FlowState {
 }
 
 /// Value of the `SOCKETS` map, keyed by socket cookie: who owns a socket, recorded in
-/// process context when it is created, and updated in place when another process connects
-/// or sends to an address with it,
-/// so that packets sent later from softirq context (retransmissions, a process that already
-/// exited) are still attributed.
+/// process context when it is created and updated in place when a process connects or sends
+/// to an address with it, so that packets sent later from softirq context (retransmissions)
+/// are still attributed. Removed when the socket is closed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketOwner {
@@ -98,5 +97,7 @@ pub struct ReportedConnection {
     pub state: FlowState,
     pub dst: [u8; 16],
     pub dst_port: u16,
-    pub _pad: [u8; 6],
+    /// 4 or 6: a widened IPv4 address can equal an IPv6 one.
+    pub ip_version: u8,
+    pub _pad: [u8; 5],
 }

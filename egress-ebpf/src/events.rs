@@ -113,6 +113,7 @@ fn first_report(
         && reported.state.verdict == decision.verdict
         && reported.dst == flow.dst
         && reported.dst_port == flow.dst_port
+        && reported.ip_version == flow.ip_version
     {
         // Two CPUs sending one socket's packets at the same instant may lose one count,
         // never a verdict (as in `first_flow_report`).
@@ -128,9 +129,31 @@ fn first_report(
         },
         dst: flow.dst,
         dst_port: flow.dst_port,
-        _pad: [0; 6],
+        ip_version: flow.ip_version,
+        _pad: [0; 5],
     };
     true
+}
+
+/// Hands the report state of a closing socket's denied connection over to `EGRESS_FLOWS`:
+/// the kernel goes on retransmitting for an orphaned socket, and those drops belong to the
+/// record already made. Allowed connections need nothing: their later packets make no
+/// records.
+pub fn forget_connection(cookie: u64, reported: &ReportedConnection) {
+    if reported.state.generation == 0 || reported.state.verdict != verdict::DENY {
+        return;
+    }
+    let flow = FlowKey {
+        socket_cookie: cookie,
+        dst: reported.dst,
+        dst_port: reported.dst_port,
+        protocol: packet::IPPROTO_TCP,
+        ip_version: reported.ip_version,
+        icmp_type: 0,
+        _pad: [0; 3],
+    };
+    // An LRU insert only fails under memory pressure: a later drop is then reported again.
+    let _ = EGRESS_FLOWS.insert(flow, reported.state, 0);
 }
 
 /// Whether `flow` is reported for the first time under this generation and verdict, by

@@ -85,8 +85,8 @@ pub static EGRESS_RULE_HITS: PerCpuArray<RuleHits> =
 pub static EGRESS_HOSTNAMES: LpmTrie<HostKeyData, NameSetId> =
     LpmTrie::with_max_entries(capacity::HOSTNAMES, 0);
 
-/// (scope, name set) → name class: its `EGRESS_PORTS` entries decide packets to addresses
-/// learned for names of the set. Written by the agent.
+/// (scope, name set) → name class: its port tables decide packets to addresses learned for
+/// names of the set. Written by the agent.
 #[map]
 pub static EGRESS_NAME_CLASSES: HashMap<NameClassKey, u32> =
     HashMap::with_max_entries(capacity::NAME_CLASSES, 0);

@@ -186,9 +186,12 @@ fn read_transport(ctx: &SkBuffContext, offset: usize, packet: &mut Packet) -> Op
             packet.payload_offset = (offset + UdpHdr::LEN) as u32;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            // Type and code: `load` reads no single bytes.
-            let [icmp_type, _code]: [u8; 2] = load(ctx, offset)?;
-            packet.icmp_type = icmp_type;
+            // Type and code: `load` reads no single bytes. A message cut after its type
+            // (only raw sockets send one) is read by the helper.
+            packet.icmp_type = match load::<[u8; 2]>(ctx, offset) {
+                Some([icmp_type, _code]) => icmp_type,
+                None => ctx.load(offset).ok()?,
+            };
         }
         _ => {}
     }

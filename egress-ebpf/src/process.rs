@@ -1,5 +1,5 @@
 //! Attribution: which process a socket belongs to, recorded in process context so that
-//! packets sent later from softirq context, or after the process exited, are attributed.
+//! packets sent later from softirq context are attributed, for as long as the socket is open.
 
 use core::ptr::read_volatile;
 
@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use egress_common::{ConnectionEvent, SocketOwner, event::ReportedConnection};
 
-use crate::maps::EGRESS_SOCKETS;
+use crate::{events, maps::EGRESS_SOCKETS};
 
 /// Return value of `cgroup/sock_create` that lets the socket be created (and the only one
 /// `cgroup/sock_release` may return).
@@ -34,15 +34,19 @@ pub fn egress_sock_create(ctx: SockContext) -> i32 {
 /// Forgets a closed socket's owner. Without it the map is always full and recording a new
 /// socket evicts an old one, which cost about 800 ns of every short connection (BPF
 /// run-time stats); with it, a socket's entry lives while the socket does, and the LRU only
-/// evicts entries of sockets closed while no agent was attached. Packets a socket still
-/// sends after `close()` (FIN retransmissions) are judged as ever, only reported without
-/// their process.
+/// evicts entries of sockets closed while no agent was attached. Packets the kernel still
+/// sends for a closed socket (retransmissions) are judged as ever, and reported, where a
+/// policy change denies them, without their process.
 #[cgroup_sock(sock_release)]
 pub fn egress_sock_release(ctx: SockContext) -> i32 {
     // SAFETY: the helper reads the socket the kernel passed us.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Absent: never recorded, or already evicted.
-    let _ = EGRESS_SOCKETS.remove(cookie);
+    if let Some(owner) = EGRESS_SOCKETS.get_ptr(cookie) {
+        // SAFETY: an LRU value pointer valid for this program run; plain data.
+        events::forget_connection(cookie, unsafe { &(*owner).reported });
+        let _ = EGRESS_SOCKETS.remove(cookie);
+    }
     ALLOW
 }
 
@@ -62,9 +66,9 @@ pub fn record(cookie: u64, uid: u32) {
 
 /// Records the calling process as the owner of the socket with `cookie`, which it is about to
 /// send with, and returns the socket's uid: the one recorded at its creation, or (for a socket
-/// created before the agent) the caller's fsuid. A socket already recorded for the caller is
-/// left as it is, and one handed to another process is updated in place: an LRU update
-/// allocates a new element and frees the old, which cost about 300 ns per `connect()`.
+/// created before the agent) the caller's fsuid. A recorded socket is updated in place: an
+/// LRU update allocates a new element and frees the old, which cost about 550 ns per
+/// `connect()`.
 pub fn claim(cookie: u64) -> u32 {
     let Some(owner) = EGRESS_SOCKETS.get_ptr_mut(cookie) else {
         let uid = current_fsuid();
@@ -75,12 +79,12 @@ pub fn claim(cookie: u64) -> u32 {
     let pid = (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32;
     // SAFETY: an LRU value pointer valid for this program run; plain data. Another CPU
     // reading the entry while it changes may attribute an event to a mix of the two
-    // processes' pid and name, never change a verdict: the uid is not written.
+    // processes' pid and name, never change a verdict: the uid is not written. The name is
+    // read again even for the same pid: a thread may be named otherwise, or the process
+    // may have exec'd.
     unsafe {
-        if (*owner).pid != pid {
-            (*owner).pid = pid;
-            (*owner).comm = bpf_get_current_comm().unwrap_or_default();
-        }
+        (*owner).pid = pid;
+        (*owner).comm = bpf_get_current_comm().unwrap_or_default();
         (*owner).uid
     }
 }

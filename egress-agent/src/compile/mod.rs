@@ -74,6 +74,14 @@ pub enum CompileError {
     InvalidHost(String),
     #[error("two different sets of host patterns have the same id {0:#x}; rename a host pattern")]
     NameSetCollision(NameSetId),
+    #[error(
+        "the policies need {entries} entries in {map}, more than the {limit} a generation may use (half its capacity: a reload writes the next generation beside the running one)"
+    )]
+    TooLarge {
+        map: &'static str,
+        entries: usize,
+        limit: usize,
+    },
 }
 
 /// Sizes of a compiled policy, for summaries.
@@ -235,6 +243,7 @@ pub fn compile_carrying(
         hostnames: out.hostnames.len(),
         name_classes: out.name_classes.len(),
     };
+    check_capacity(&out)?;
     Ok(out)
 }
 
@@ -358,4 +367,41 @@ fn inherited_class(listed: &HashMap<String, u32>, path: &str) -> u32 {
         ancestor = parent;
     }
     0
+}
+
+/// Every map holds two generations during a reload: a generation may fill half of it.
+fn check_capacity(out: &Compiled) -> Result<(), CompileError> {
+    use egress_common::{capacity, maps};
+    for (map, entries, capacity) in [
+        (
+            maps::CGROUP_CLASSES,
+            out.cgroups.len(),
+            capacity::CGROUP_CLASSES,
+        ),
+        (maps::SCOPES, out.scopes.len(), capacity::SCOPES),
+        (maps::ADDR4, out.addr4.len(), capacity::ADDR4),
+        (maps::ADDR6, out.addr6.len(), capacity::ADDR6),
+        (
+            maps::PORT_TABLES,
+            out.ports.tables.len(),
+            capacity::PORT_TABLES,
+        ),
+        (maps::PORTS, out.ports.trie.len(), capacity::PORTS),
+        (maps::HOSTNAMES, out.hostnames.len(), capacity::HOSTNAMES),
+        (
+            maps::NAME_CLASSES,
+            out.name_classes.len(),
+            capacity::NAME_CLASSES,
+        ),
+    ] {
+        let limit = usize::try_from(capacity / 2).unwrap_or(usize::MAX);
+        if entries > limit {
+            return Err(CompileError::TooLarge {
+                map,
+                entries,
+                limit,
+            });
+        }
+    }
+    Ok(())
 }

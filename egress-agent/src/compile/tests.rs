@@ -372,3 +372,26 @@ spec:
         }
     }
 }
+
+#[test]
+fn a_generation_may_fill_half_of_each_map() {
+    let limit = (egress_common::capacity::CGROUP_CLASSES / 2) as usize;
+    let with_cgroups = |n: usize| Compiled {
+        cgroups: vec![(String::new(), 0); n],
+        ..Compiled::default()
+    };
+    assert!(check_capacity(&with_cgroups(limit)).is_ok());
+    let err = check_capacity(&with_cgroups(limit + 1)).expect_err("over half the cgroup map");
+    assert!(
+        matches!(
+            err,
+            CompileError::TooLarge { map: "EGRESS_CGROUPS", entries, limit: l }
+                if entries == limit + 1 && l == limit
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("32769 entries in EGRESS_CGROUPS"),
+        "{err}"
+    );
+}

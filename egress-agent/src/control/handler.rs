@@ -52,8 +52,6 @@ pub struct AgentState {
     /// Connection records written by the event reader.
     pub events_written: Arc<AtomicU64>,
     pub reloads: ReloadStats,
-    /// `CLOCK_MONOTONIC`: the clock of the rules' last-hit times.
-    pub clock: KernelClock,
 }
 
 fn to_value<T: Serialize>(value: &T) -> Result<serde_json::Value, String> {
@@ -242,6 +240,9 @@ impl AgentState {
             return Err(format!("no policy named `{name}` is in force"));
         }
         let table = set.map(|set| set.rule_table()).unwrap_or_default();
+        // Last-hit times are `CLOCK_MONOTONIC`, which stops while the host is suspended:
+        // its offset to wall time is taken now, not once at start.
+        let clock = KernelClock::monotonic();
         let mut rules = Vec::with_capacity(table.len());
         for info in table {
             if policy.is_some_and(|name| name != info.policy) {
@@ -259,8 +260,7 @@ impl AgentState {
                 packets_denied: hits.packets_denied,
                 connections_allowed: hits.connections_allowed,
                 connections_denied: hits.connections_denied,
-                last_hit: (hits.last_hit_ns != 0)
-                    .then(|| rfc3339(self.clock.wall(hits.last_hit_ns))),
+                last_hit: (hits.last_hit_ns != 0).then(|| rfc3339(clock.wall(hits.last_hit_ns))),
             });
         }
         Ok(Rules {
