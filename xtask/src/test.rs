@@ -9,8 +9,8 @@ use crate::{setup, util};
 /// Prefixes of the network namespaces and cgroups the integration test fixtures create.
 const NETNS_PREFIX: &str = "egr-";
 const CGROUP_PREFIX: &str = "egress-test-";
-/// Prefix of the bpffs pin directories of test agents, under [`BPFFS`].
-const PIN_PREFIX: &str = "egress-test-";
+/// Prefixes of the bpffs pin directories of test and benchmark agents, under [`BPFFS`].
+const PIN_PREFIXES: [&str; 2] = ["egress-test-", "egress-bench-"];
 const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn run(extra: &[OsString]) -> Result<()> {
@@ -78,21 +78,31 @@ pub fn run(extra: &[OsString]) -> Result<()> {
             .args(extra),
     );
 
-    util::section("check that the tests left nothing behind");
-    let left = leftovers(&cgroup_root)?;
+    check_leftovers("the integration tests", &cgroup_root, result)?;
+
+    // The issue's `--quick` mode: the whole harness once, with tiny sizes and no timing
+    // asserted, so that a change that breaks a measure is caught here, not at the next run.
+    util::section("benchmark harness (`cargo xtask bench --quick`, no timings asserted)");
+    let result = crate::bench::run(&crate::bench::BenchArgs::quick());
+    check_leftovers("the benchmark harness", &cgroup_root, result)?;
+    util::section("all tests passed");
+    Ok(())
+}
+
+/// Removes (and reports) what `what` left behind; fails if it left anything or `result`
+/// is an error.
+fn check_leftovers(what: &str, cgroup_root: &Path, result: Result<()>) -> Result<()> {
+    util::section(&format!("check that {what} left nothing behind"));
+    let left = leftovers(cgroup_root)?;
     for item in &left {
         println!("leaked: {item}");
-        remove(item, &cgroup_root);
+        remove(item, cgroup_root);
     }
     result?;
     if !left.is_empty() {
-        bail!(
-            "the integration tests leaked {} namespaces, cgroups or pins",
-            left.len()
-        );
+        bail!("{what} leaked {} namespaces, cgroups or pins", left.len());
     }
     println!("nothing leaked");
-    util::section("all tests passed");
     Ok(())
 }
 
@@ -151,7 +161,7 @@ fn leftovers(cgroup_root: &Path) -> Result<Vec<Leftover>> {
     if let Ok(entries) = fs::read_dir(BPFFS) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(PIN_PREFIX) {
+            if PIN_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
                 found.push(Leftover::Pins(name));
             }
         }

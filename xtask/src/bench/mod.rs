@@ -76,6 +76,21 @@ pub struct BenchArgs {
     pub dns_worker: Option<Vec<String>>,
 }
 
+impl BenchArgs {
+    /// `--quick`, writing to its default place.
+    pub fn quick() -> Self {
+        Self {
+            quick: true,
+            output: None,
+            only: None,
+            connect_worker: None,
+            udp_worker: None,
+            accept_worker: None,
+            dns_worker: None,
+        }
+    }
+}
+
 /// Groups of measures `--only` can select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Only {
