@@ -13,7 +13,7 @@ mod world;
 
 use std::{net::IpAddr, time::Duration};
 
-use egress_tests::{AgentGuard, TestNet};
+use egress_tests::{AgentGuard, TestNet, agent::egress_bin, process::run_bounded};
 use support::{Case, Refusal, Target, assert_blocked, assert_reaches, strings, summarise};
 use world::{Held, SETTLE, TCP_PORT, UDP_PORT, World, assert_new_deny_record, deny_records, run};
 
@@ -428,4 +428,70 @@ fn packet_sockets_are_a_documented_limit_they_reach_the_receiver() {
     };
     let case = udp_case("packet-socket (documented limit)", &args, false);
     assert_reaches(&world, &world.placement(), &case);
+}
+
+/// A connection that a policy change denies is reported once. When its process then closes
+/// it, the kernel goes on retransmitting for the closed socket; those drops fold into the
+/// same record (`sock_release` hands the socket's report state to `EGRESS_FLOWS`) instead
+/// of making records of their own, without the process.
+#[test]
+fn a_denied_connection_closed_by_its_process_is_reported_once() {
+    let world = World::new("byp-close");
+    let selector = format!("{{cgroups: [\"{}\"]}}", world.cgroup.relative_path());
+    let work = tempfile::tempdir().expect("tempdir");
+    let policy_file = work.path().join("policy.yaml");
+    // Generation 1 denies only the IPv6 prefix: the IPv4 connection opens.
+    let allowing = World::policy(&selector).replace("{cidr: 203.0.113.0/24}, ", "");
+    std::fs::write(&policy_file, allowing).expect("write policy");
+    let agent = AgentGuard::start_with_file(&policy_file);
+    let tcp = Held::start(
+        &world.placement(),
+        &strings(&["tcp-preconnected", &Target::tcp(V4).arg]),
+    );
+    std::fs::write(&policy_file, World::policy(&selector)).expect("rewrite policy");
+    let pid = agent.pid().expect("the agent runs");
+    // SAFETY: signals the agent process this test started and has not reaped.
+    let rc = unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), libc::SIGHUP) };
+    assert_eq!(rc, 0, "SIGHUP to the agent");
+    agent
+        .wait_for_record(Duration::from_secs(20), |r| {
+            r["kind"] == "policy" && r["action"] == "applied" && r["generation"] == 2
+        })
+        .expect("generation 2 applied");
+    let before = deny_records(&agent, V4, "tcp").len();
+    // The data is queued and the helper exits: the socket is closed with data unsent.
+    let (code, out) = tcp.send();
+    assert_eq!(code, Some(0), "the TCP send only queues data: {out}");
+    assert_new_deny_record(&agent, V4, "tcp", before);
+    // Retransmissions of the closed socket: the first after the minimum RTO (200 ms).
+    std::thread::sleep(Duration::from_secs(2));
+    let rules = run_json(&[
+        "rules",
+        "--json",
+        "--socket",
+        &agent.control_socket().to_string_lossy(),
+    ]);
+    let denied = rules["rules"]
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["rule"] == "deny-doc"))
+        .and_then(|r| r["packets_denied"].as_u64())
+        .unwrap_or_else(|| panic!("no deny-doc counters in {rules}"));
+    assert!(
+        denied >= 2,
+        "the closed socket retransmitted nothing, so the test proves nothing: {rules}"
+    );
+    let records = deny_records(&agent, V4, "tcp");
+    assert_eq!(
+        records.len(),
+        before + 1,
+        "{denied} dropped packets of one connection made these records: {records:#?}"
+    );
+}
+
+/// `egress ARGS` as root, which must succeed; its JSON output.
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(egress_bin().expect("egress binary"));
+    let out = run_bounded(cmd.args(args), "egress", Duration::from_secs(60)).expect("egress runs");
+    assert!(out.status.success(), "egress {args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
