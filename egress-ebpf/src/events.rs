@@ -15,7 +15,6 @@ use egress_common::{
 use crate::{
     maps::{EGRESS_COUNTERS, EGRESS_EVENTS, EGRESS_FLOWS, EGRESS_RULE_HITS, EGRESS_SOCKETS},
     packet::{self, Packet},
-    process,
 };
 
 pub fn count(index: u32) {
@@ -56,8 +55,9 @@ pub fn hit(decision: &Decision, first: bool) {
 /// instead of becoming events of their own. `connection`: the flow is an outbound TCP
 /// connection, whose state is kept with its socket's owner where the socket has one.
 ///
-/// `fill` writes the event in place in the reserved ring buffer entry, which starts zeroed:
-/// building it on the stack first would cost 136 of the program's 512 stack bytes.
+/// `fill` writes the event in place in the reserved ring buffer entry, which starts zeroed
+/// and holds the socket's recorded owner: building it on the stack first would cost 136
+/// of the program's 512 stack bytes.
 ///
 /// Returns whether the flow was new (not reported before under this generation and verdict).
 pub fn report(
@@ -83,6 +83,9 @@ pub fn report(
     if !first {
         return false;
     }
+    // The owner recorded for the socket: already looked up for a connection, looked up
+    // only now for other flows (most of their packets stop at the check above).
+    let owner = socket.or_else(|| EGRESS_SOCKETS.get_ptr_mut(flow.socket_cookie));
     // The entry is written whole and submitted on the only path that reserved it.
     match EGRESS_EVENTS.reserve::<ConnectionEvent>(0) {
         Some(mut entry) => {
@@ -91,6 +94,11 @@ pub fn report(
             // all zeroes is a valid value; it is initialized before the reference is made.
             unsafe {
                 core::ptr::write_bytes(event, 0, 1);
+                if let Some(owner) = owner {
+                    // Straight from the map: no copy of the owner on the stack.
+                    (*event).pid = (*owner).pid;
+                    (*event).comm = (*owner).comm;
+                }
                 fill(&mut *event);
             }
             entry.submit(0);
@@ -221,7 +229,6 @@ pub fn report_packet(judged: &PacketDecision<'_>) -> bool {
     };
     let connection = !inbound && packet.protocol == packet::IPPROTO_TCP;
     report(config, decision, &flow, connection, |event| {
-        process::attribute(socket_cookie, event);
         // SAFETY: helpers reading the clock and the skb the kernel passed us.
         event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
         event.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };

@@ -15,7 +15,7 @@ use aya_ebpf::{
     macros::cgroup_sock,
     programs::SockContext,
 };
-use egress_common::{ConnectionEvent, SocketOwner, event::ReportedConnection};
+use egress_common::{SocketOwner, event::ReportedConnection};
 
 use crate::{events, maps::EGRESS_SOCKETS};
 
@@ -86,18 +86,6 @@ pub fn claim(cookie: u64) -> u32 {
         (*owner).pid = pid;
         (*owner).comm = bpf_get_current_comm().unwrap_or_default();
         (*owner).uid
-    }
-}
-
-/// Copies the recorded owner of the socket with `cookie` into an event, straight from the
-/// map: no copy on the stack, where every byte counts.
-pub fn attribute(cookie: u64, event: &mut ConnectionEvent) {
-    if let Some(owner) = EGRESS_SOCKETS.get_ptr(cookie) {
-        // SAFETY: an LRU value pointer valid for this program run; plain data.
-        unsafe {
-            event.pid = (*owner).pid;
-            event.comm = (*owner).comm;
-        }
     }
 }
 

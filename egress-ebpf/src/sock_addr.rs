@@ -152,7 +152,6 @@ fn judge(ctx: &SockAddrContext, ip_version: u8, dst: [u8; 16], port: u32, protoc
             event.rule = decision.rule;
             event.audit_rule = decision.audit_rule;
             event.uid = uid;
-            process::attribute(cookie, event);
             event.dst = dst;
             event.dst_port = to.port;
             event.ip_version = ip_version;
