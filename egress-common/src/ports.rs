@@ -29,6 +29,17 @@ pub struct PortTableKey {
     pub _pad: [u8; 3],
 }
 
+impl PortTableKey {
+    #[inline(always)]
+    pub const fn new(class: u32, protocol: u8) -> Self {
+        Self {
+            class,
+            protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// Value of [`crate::maps::PORT_TABLES`]: run `i` covers the ports from `lasts[i - 1] + 1`
 /// (0 for the first run) to `lasts[i]`. Tables of protocols without ports (ICMP, any) have
 /// one run over every port, and the kernel passes them port 0.

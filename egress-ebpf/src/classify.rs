@@ -73,25 +73,14 @@ fn decide_in(scope: u32, default: &Decision, to: &Destination) -> Decision {
 /// pointer, which the verifier rejects.
 #[inline(never)]
 pub fn port_decision(class: u32, protocol: u8, port: u16, decision: &mut Decision) -> bool {
-    let key = PortTableKey {
-        class,
-        protocol,
-        _pad: [0; 3],
-    };
     // SAFETY: values of this map are plain data written whole by the agent.
-    let table = match unsafe { EGRESS_PORT_TABLES.get(key) } {
-        Some(table) => table,
-        // No table of its own: the protocol is decided by the class's rules for any protocol,
-        // if it has some.
-        None => match unsafe {
-            EGRESS_PORT_TABLES.get(PortTableKey {
-                protocol: ANY_PROTOCOL,
-                ..key
-            })
-        } {
-            Some(table) => table,
-            None => return false,
-        },
+    let table = unsafe { EGRESS_PORT_TABLES.get(PortTableKey::new(class, protocol)) }
+        // No table of its own: the protocol is decided by the class's rules for any
+        // protocol, if it has some.
+        // SAFETY: as above.
+        .or_else(|| unsafe { EGRESS_PORT_TABLES.get(PortTableKey::new(class, ANY_PROTOCOL)) });
+    let Some(table) = table else {
+        return false;
     };
     let found = if table.runs == 0 {
         // More runs than a table holds: the trie has them.

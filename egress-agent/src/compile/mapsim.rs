@@ -235,15 +235,13 @@ impl MapSim {
         } else {
             0
         };
-        let key = |protocol| PortTableKey {
-            class,
-            protocol,
-            _pad: [0; 3],
-        };
         let table = self
             .port_tables
-            .get(&key(protocol))
-            .or_else(|| self.port_tables.get(&key(ANY_PROTOCOL)))?;
+            .get(&PortTableKey::new(class, protocol))
+            .or_else(|| {
+                self.port_tables
+                    .get(&PortTableKey::new(class, ANY_PROTOCOL))
+            })?;
         if table.runs == 0 {
             let data: PortData = port_data(class, protocol, port);
             return self.ports.lookup(data, PORT_KEY_FULL_BITS);

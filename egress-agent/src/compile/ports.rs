@@ -56,11 +56,7 @@ pub(crate) fn emit(class: u32, rules: &[&Rule], decision: &DecisionFn<'_>, out: 
             None
         }
     };
-    let key = |protocol| PortTableKey {
-        class,
-        protocol,
-        _pad: [0; 3],
-    };
+    let key = |protocol| PortTableKey::new(class, protocol);
     for (protocol, named) in [(IPPROTO_TCP, Protocol::Tcp), (IPPROTO_UDP, Protocol::Udp)] {
         let runs = port_runs(rules, named, |port| decide(protocol, port));
         if runs.iter().all(|(_, _, decision)| decision.is_none()) {
