@@ -85,6 +85,8 @@ pub struct SocketOwner {
     pub comm: [u8; 16],
     /// The socket's outbound TCP connection as last reported (zeroes: none yet).
     pub reported: ReportedConnection,
+    /// The packet hook's last decision for the socket's TCP connection (zeroes: none yet).
+    pub decided: DecidedConnection,
 }
 
 /// An outbound TCP connection's report state, kept in its socket's [`SocketOwner`] instead
@@ -100,4 +102,27 @@ pub struct ReportedConnection {
     /// 4 or 6: a widened IPv4 address can equal an IPv6 one.
     pub ip_version: u8,
     pub _pad: [u8; 5],
+}
+
+/// A TCP connection's decision, kept in its socket's [`SocketOwner`] so that its segments
+/// after the SYN skip the lookup chain. A connection's decision depends only on what the
+/// entry holds: the socket fixes the scope (its cgroup and owner uid never change), the
+/// destination is compared, and every change of the policy maps comes with a new
+/// generation. Decisions that name learned addresses are not kept (they change as DNS
+/// answers arrive, without a new generation), nor are drops (each is reported).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecidedConnection {
+    /// Generation the decision was made under; 0 (never active): none.
+    pub generation: u64,
+    /// The entry's own key. An LRU element can be freed and reused for another socket
+    /// while a program on another CPU still reads it; a differing cookie tells.
+    pub socket_cookie: u64,
+    pub decision: crate::Decision,
+    pub dst: [u8; 16],
+    pub dst_port: u16,
+    /// 4 or 6: a widened IPv4 address can equal an IPv6 one.
+    pub ip_version: u8,
+    /// 0 when no policy governs the socket: its packets pass uncounted.
+    pub governed: u8,
 }

@@ -59,7 +59,8 @@ pub mod maps {
     pub const FLOWS: &str = "EGRESS_FLOWS";
     /// `PerCpuArray<u64>` indexed by [`crate::counter`].
     pub const COUNTERS: &str = "EGRESS_COUNTERS";
-    /// `LruHashMap<u64, SocketOwner>`: socket cookie → the process that created or connected it.
+    /// `LruHashMap<u64, SocketOwner>`: socket cookie → the process that created or connected
+    /// it, and its TCP connection's report state and decision.
     pub const SOCKETS: &str = "EGRESS_SOCKETS";
     /// `PerCpuArray<RuleHits>` indexed by rule id: what each rule decided.
     pub const RULE_HITS: &str = "EGRESS_RULE_HITS";

@@ -19,6 +19,7 @@ mod packet;
 mod process;
 mod scope;
 mod sock_addr;
+mod verdict_cache;
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -48,13 +49,36 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
         // The agent has not loaded a policy yet: nothing is governed.
         return PASS;
     }
+    let parsed = packet::parse(&ctx);
+    let socket_cookie = match &parsed {
+        // SAFETY: the helper reads the skb the kernel passed us.
+        Some(packet) if verdict_cache::applies(&config, packet) => unsafe {
+            bpf_get_socket_cookie(ctx.as_ptr())
+        },
+        _ => 0,
+    };
+    if let Some(packet) = &parsed
+        && let Some(cached) = verdict_cache::lookup(&config, packet, socket_cookie)
+    {
+        // What the full path below does for a segment past the SYN that it allows.
+        return match cached {
+            verdict_cache::Cached::Ungoverned => PASS,
+            verdict_cache::Cached::Governed(decision) => {
+                events::hit(&decision, false);
+                account(&decision)
+            }
+        };
+    }
     // SAFETY: the helper reads the skb the kernel passed us.
     let uid = unsafe { bpf_get_socket_uid(ctx.as_ptr().cast()) };
     let cgroup_id = scope::skb_cgroup(&ctx, &config);
     let Some(scope) = scope::lookup(&config, scope::of_skb(&ctx, &config, cgroup_id), uid) else {
+        if let Some(packet) = &parsed {
+            verdict_cache::remember(&config, packet, socket_cookie, None);
+        }
         return PASS;
     };
-    let Some(packet) = packet::parse(&ctx) else {
+    let Some(packet) = &parsed else {
         // A governed IP packet whose headers cannot be read (truncated or malformed): its
         // destination is unknown, so only the scope's default can judge it. An allowlist
         // drops it, an opt-out list passes it.
@@ -76,6 +100,7 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
         },
         packet.protocol == packet::IPPROTO_TCP && !packet.tcp_syn,
     );
+    verdict_cache::remember(&config, packet, socket_cookie, Some(&decision));
     // TCP: the SYN that opens a connection is reported; later segments belong to it, unless
     // they are dropped (a connection opened before the policy denied it): the first of those
     // is reported too. Other protocols: every packet is offered, the flow map keeps the first.
@@ -84,14 +109,14 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
         || decision.verdict == verdict::DENY;
     // A connection or flow starts with a TCP SYN, or with a flow the map had not seen
     // (only flows the policies log are tracked there).
-    let new_flow = starts && report(&ctx, &config, &packet, &decision, uid);
+    let new_flow = starts && report(&ctx, &config, packet, &decision, uid);
     events::hit(&decision, packet.tcp_syn || new_flow);
     if config.flags & config_flags::INGRESS != 0
         && packet.protocol == packet::IPPROTO_UDP
         && decision.verdict != verdict::DENY
     {
         // SAFETY: the helper reads the skb the kernel passed us.
-        ingress::remember_peer(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }, &packet);
+        ingress::remember_peer(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }, packet);
     }
     account(&decision)
 }

@@ -62,7 +62,9 @@ pub static EGRESS_FLOWS: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(capacity::FLOWS, 0);
 
 /// Socket cookie → the process that created it, or last connected or sent to an address
-/// with it. LRU: a socket evicted while still in use loses its attribution, not its verdict.
+/// with it, and its TCP connection's report state and decision (`verdict_cache.rs`).
+/// LRU: a socket evicted while still in use loses its attribution, and its later segments
+/// take the full lookup chain; never its verdict.
 #[map]
 pub static EGRESS_SOCKETS: LruHashMap<u64, SocketOwner> =
     LruHashMap::with_max_entries(capacity::SOCKETS, 0);
@@ -119,6 +121,11 @@ pub static EGRESS_DNS_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entr
 /// Per-CPU keys of the learned-address lookups of `names.rs`; not shared with the agent.
 #[map]
 pub static EGRESS_NAME_KEYS: PerCpuArray<LookupKeys> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU working memory of `process::record`: a new owner entry is built here, not on
+/// the stack of the socket hooks, whose call chains are near the verifier's 512 bytes.
+#[map]
+pub static EGRESS_OWNER_SCRATCH: PerCpuArray<SocketOwner> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `egress_common::counter`.
 #[map]

@@ -15,9 +15,15 @@ use aya_ebpf::{
     macros::cgroup_sock,
     programs::SockContext,
 };
-use egress_common::{SocketOwner, event::ReportedConnection};
+use egress_common::{
+    SocketOwner,
+    event::{DecidedConnection, ReportedConnection},
+};
 
-use crate::{events, maps::EGRESS_SOCKETS};
+use crate::{
+    events,
+    maps::{EGRESS_OWNER_SCRATCH, EGRESS_SOCKETS},
+};
 
 /// Return value of `cgroup/sock_create` that lets the socket be created (and the only one
 /// `cgroup/sock_release` may return).
@@ -52,16 +58,25 @@ pub fn egress_sock_release(ctx: SockContext) -> i32 {
 
 /// Records the current process as the owner of the socket with `cookie`.
 pub fn record(cookie: u64, uid: u32) {
-    // SAFETY: plain helper calls in process context.
-    let pid = unsafe { bpf_get_current_pid_tgid() } >> 32;
-    let owner = SocketOwner {
-        pid: pid as u32,
-        uid,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        reported: ReportedConnection::default(),
+    let Some(owner) = EGRESS_OWNER_SCRATCH.get_ptr_mut(0) else {
+        return; // the one entry of a per-CPU array is always there
     };
-    // An LRU insert only fails under memory pressure: the socket is then unattributed.
-    let _ = EGRESS_SOCKETS.insert(cookie, owner, 0);
+    // SAFETY: plain helper calls in process context; this CPU's scratch entry, which no
+    // other program uses while this one runs, is written whole before it is read.
+    unsafe {
+        let pid = bpf_get_current_pid_tgid() >> 32;
+        *owner = SocketOwner {
+            pid: pid as u32,
+            uid,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+            reported: ReportedConnection::default(),
+            decided: DecidedConnection::default(),
+        };
+        // By reference: a copy would put the owner back on the stack.
+        let owner: &SocketOwner = &*owner;
+        // An LRU insert only fails under memory pressure: the socket is then unattributed.
+        let _ = EGRESS_SOCKETS.insert(cookie, owner, 0);
+    }
 }
 
 /// Records the calling process as the owner of the socket with `cookie`, which it is about to

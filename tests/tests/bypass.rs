@@ -448,16 +448,7 @@ fn a_denied_connection_closed_by_its_process_is_reported_once() {
         &world.placement(),
         &strings(&["tcp-preconnected", &Target::tcp(V4).arg]),
     );
-    std::fs::write(&policy_file, World::policy(&selector)).expect("rewrite policy");
-    let pid = agent.pid().expect("the agent runs");
-    // SAFETY: signals the agent process this test started and has not reaped.
-    let rc = unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), libc::SIGHUP) };
-    assert_eq!(rc, 0, "SIGHUP to the agent");
-    agent
-        .wait_for_record(Duration::from_secs(20), |r| {
-            r["kind"] == "policy" && r["action"] == "applied" && r["generation"] == 2
-        })
-        .expect("generation 2 applied");
+    reload(&agent, &policy_file, &World::policy(&selector), 2);
     let before = deny_records(&agent, V4, "tcp").len();
     // The data is queued and the helper exits: the socket is closed with data unsent.
     let (code, out) = tcp.send();
@@ -494,4 +485,61 @@ fn run_json(args: &[&str]) -> serde_json::Value {
     let out = run_bounded(cmd.args(args), "egress", Duration::from_secs(60)).expect("egress runs");
     assert!(out.status.success(), "egress {args:?}: {out:?}");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+/// Writes `policy` to the agent's policy file, signals it to reload, and waits until it
+/// applied `generation`.
+fn reload(agent: &AgentGuard, file: &std::path::Path, policy: &str, generation: u64) {
+    std::fs::write(file, policy).expect("rewrite policy");
+    let pid = agent.pid().expect("the agent runs");
+    // SAFETY: signals the agent process this test started and has not reaped.
+    let rc = unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), libc::SIGHUP) };
+    assert_eq!(rc, 0, "SIGHUP to the agent");
+    agent
+        .wait_for_record(Duration::from_secs(20), |r| {
+            r["kind"] == "policy" && r["action"] == "applied" && r["generation"] == generation
+        })
+        .unwrap_or_else(|| panic!("generation {generation} applied"));
+}
+
+/// The packet hook keeps each TCP connection's decision with its socket, for the segments
+/// after the SYN: a policy change must reach connections already open. One connection
+/// sends through three generations: its cgroup ungoverned, then denied, then allowed.
+#[test]
+fn an_open_connection_is_judged_by_each_new_policy() {
+    let world = World::new("byp-held");
+    let selector = format!("{{cgroups: [\"{}\"]}}", world.cgroup.relative_path());
+    let work = tempfile::tempdir().expect("tempdir");
+    let policy_file = work.path().join("policy.yaml");
+    // Generation 1 governs another uid only: the connection is ungoverned.
+    std::fs::write(&policy_file, World::policy(&format!("{{uids: [{UID}]}}")))
+        .expect("write policy");
+    let agent = AgentGuard::start_with_file(&policy_file);
+    let mut tcp = Held::start(
+        &world.placement(),
+        &strings(&["tcp-held", &Target::tcp(V4).arg]),
+    );
+    let sent = |tcp: &mut Held| {
+        let before = world.packets_to(V4);
+        tcp.send_again();
+        std::thread::sleep(Duration::from_secs(1) + SETTLE);
+        world.packets_to(V4) - before
+    };
+    let ungoverned = sent(&mut tcp);
+    assert!(
+        ungoverned > 0,
+        "nothing reached the server while ungoverned"
+    );
+    reload(&agent, &policy_file, &World::policy(&selector), 2);
+    let denied = sent(&mut tcp);
+    assert_eq!(
+        denied, 0,
+        "LEAK: {denied} packets of the open connection passed the deny"
+    );
+    let allowing = World::policy(&selector).replace("{cidr: 203.0.113.0/24}, ", "");
+    reload(&agent, &policy_file, &allowing, 3);
+    // The data queued under the deny is retransmitted, with the new.
+    let allowed = sent(&mut tcp);
+    assert!(allowed > 0, "nothing reached the server once allowed again");
+    eprintln!("packets: ungoverned {ungoverned}, denied {denied}, allowed {allowed}");
 }

@@ -226,6 +226,16 @@ impl Held {
         Self { process, stdout }
     }
 
+    /// Lets it send once more (`tcp-held`) and waits until it has; it keeps running.
+    pub fn send_again(&mut self) {
+        let stdin = self.process.child_mut().stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").expect("go");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("sent line");
+        assert_eq!(line.trim(), "sent", "the held helper did not send");
+    }
+
     /// Lets it send; returns its exit code (0: the send call succeeded) and its output.
     pub fn send(mut self) -> (Option<i32>, String) {
         let child = self.process.child_mut();

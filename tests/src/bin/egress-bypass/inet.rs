@@ -184,6 +184,24 @@ pub fn preconnected(tcp: bool, addr: SocketAddr) -> Outcome {
     Ok(sys::send(&fd, &data(1000)).map(drop))
 }
 
+/// A TCP connection held across policy changes: connects, prints `ready`, then sends 1000
+/// bytes and prints `sent` for each line on stdin, until its end.
+pub fn held(addr: SocketAddr) -> Outcome {
+    let fd = stream_socket(&addr)?;
+    setup(connect(&fd, &addr), "connecting")?;
+    println!("ready");
+    setup(io::stdout().flush(), "flushing stdout")?;
+    for line in io::stdin().lock().lines() {
+        setup(line, "reading stdin")?;
+        if let Err(err) = sys::send(&fd, &data(1000)) {
+            return Ok(Err(err));
+        }
+        println!("sent");
+        setup(io::stdout().flush(), "flushing stdout")?;
+    }
+    Ok(Ok(()))
+}
+
 /// A raw socket of `protocol` whose IP header the kernel builds.
 fn raw_socket(ip: IpAddr, protocol: i32) -> Result<OwnedFd, Failure> {
     let domain = if ip.is_ipv4() {

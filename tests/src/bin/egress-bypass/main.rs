@@ -8,6 +8,8 @@
 //!   `udp-sendmmsg ADDR SIZE` (two datagrams); SIZE above the MTU fragments
 //! - `udp-preconnected ADDR`, `tcp-preconnected ADDR`: connect, print `ready`, wait for a
 //!   line on stdin, send 1000 bytes
+//! - `tcp-held ADDR`: connect, print `ready`, then send 1000 bytes and print `sent` for each
+//!   line on stdin, until its end
 //! - `raw-udp ADDR SIZE` (SOCK_RAW, IPPROTO_UDP), `raw-proto IP` (SOCK_RAW, protocol 253),
 //!   `raw-fragments ADDR` (IP_HDRINCL, two hand-made fragments; IPv4)
 //! - `packet IFNAME DST_MAC SRC_IP ADDR` (AF_PACKET frame; IPv4)
@@ -80,6 +82,7 @@ fn dispatch(args: &[&str]) -> Outcome {
         ["udp-sendmmsg", a, n] => inet::udp_sendmmsg(addr(a)?, number(n)?),
         ["udp-preconnected", a] => inet::preconnected(false, addr(a)?),
         ["tcp-preconnected", a] => inet::preconnected(true, addr(a)?),
+        ["tcp-held", a] => inet::held(addr(a)?),
         ["raw-udp", a, n] => inet::raw_udp(addr(a)?, number(n)?),
         ["raw-proto", i] => inet::raw_proto(ip(i)?),
         ["raw-fragments", a] => inet::raw_fragments(addr(a)?),
