@@ -68,6 +68,12 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("reading the kernel's information on program {name}: {source}")]
+    Info {
+        name: String,
+        #[source]
+        source: ProgramError,
+    },
     #[error("opening cgroup {path}: {source}")]
     OpenCgroup {
         path: PathBuf,
@@ -351,6 +357,21 @@ impl Datapath {
         Ok(Counters {
             map: take(&mut self.ebpf, maps::COUNTERS)?,
         })
+    }
+
+    /// Each loaded program's name, total run time and run count, as the kernel counts them
+    /// while run-time statistics are on (`kernel.bpf_stats_enabled` or BPF_ENABLE_STATS).
+    pub fn run_stats(&self) -> Result<Vec<(String, std::time::Duration, u64)>, DatapathError> {
+        self.ebpf
+            .programs()
+            .map(|(name, program)| {
+                let info = program.info().map_err(|source| DatapathError::Info {
+                    name: name.to_owned(),
+                    source,
+                })?;
+                Ok((name.to_owned(), info.run_time(), info.run_count()))
+            })
+            .collect()
     }
 
     /// The loaded program, for `BPF_PROG_TEST_RUN`.

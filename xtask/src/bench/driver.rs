@@ -48,6 +48,7 @@ impl Plan {
                 repeat: 1000,
                 timing: Timing {
                     rounds: 1,
+                    stats_rounds: 1,
                     iperf_secs: 1,
                     connect_secs: 0.5,
                     connect_threads: 2,
@@ -69,9 +70,10 @@ impl Plan {
                 kernel_rounds: 9,
                 repeat: 1_000_000,
                 timing: Timing {
-                    rounds: 5,
+                    rounds: 8,
+                    stats_rounds: 3,
                     iperf_secs: 2,
-                    connect_secs: 3.0,
+                    connect_secs: 2.0,
                     connect_threads: 4,
                     nft_limit: Duration::from_secs(90),
                 },
@@ -244,6 +246,7 @@ fn measure_all(plan: &Plan, root: &std::path::Path, report: &mut Report) -> Resu
         }
     }
     report.tables.push(tables.runtime);
+    report.tables.push(tables.per_connection);
     report.tables.push(tables.throughput);
     report.tables.push(tables.connections);
 

@@ -37,6 +37,8 @@ mod policy;
 #[cfg(feature = "bench")]
 mod report;
 #[cfg(feature = "bench")]
+mod runtime;
+#[cfg(feature = "bench")]
 mod stats;
 #[cfg(feature = "bench")]
 mod traffic;

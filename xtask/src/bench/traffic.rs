@@ -11,11 +11,12 @@ use aya::programs::loaded_programs;
 use egress_agent::policy::LogMode;
 
 use super::{
-    empty_prog::EmptyProgram,
+    empty_prog::{Attached, EmptyProgram},
     env::Env,
     loaded::{EventDrain, Loaded},
     policy::{Spec, nft_ruleset, policy_set},
     report::Table,
+    runtime,
     stats::Series,
 };
 
@@ -31,7 +32,10 @@ const MODES: [Mode; 4] = [Mode::None, Mode::Empty, Mode::Enforcer, Mode::Nft];
 
 /// How long each traffic phase runs.
 pub struct Timing {
+    /// Rounds of every configuration, run-time statistics off: the ratios.
     pub rounds: usize,
+    /// Rounds of the empty program and the enforcer with statistics on: measures 1b, 1c.
+    pub stats_rounds: usize,
     pub iperf_secs: u32,
     pub connect_secs: f64,
     /// Client threads of the one connect worker process.
@@ -55,6 +59,7 @@ pub struct Tables {
     pub throughput: Table,
     pub connections: Table,
     pub runtime: Table,
+    pub per_connection: Table,
 }
 
 /// Per-count medians for the targets: (throughput enforcer/none, enforcer/nft, conn rate
@@ -65,6 +70,50 @@ pub struct Ratios {
     pub connections: Series,
     /// Why nftables was left out at this size, if it was.
     pub nft_skipped: Option<String>,
+}
+
+const NFT_CHAIN: &str = "add chain inet egress_bench output { type filter hook output priority 0; policy accept; }\n\
+                         add rule inet egress_bench output ip daddr . tcp dport @deny4 drop\n\
+                         add rule inet egress_bench output ip6 daddr . tcp dport @deny6 drop\n";
+
+/// Puts each configuration in force for a phase, and lifts it after.
+struct Phases<'a> {
+    env: &'a Env,
+    empty: &'a EmptyProgram,
+    loaded: &'a mut Loaded,
+    timing: &'a Timing,
+    /// The empty program while attached; detached on drop.
+    empty_attached: Option<Attached<'a>>,
+}
+
+impl Phases<'_> {
+    fn begin(&mut self, mode: Mode) -> Result<()> {
+        match mode {
+            Mode::Empty => self.empty_attached = Some(self.empty.attach(self.env.cgroup.path())?),
+            Mode::Enforcer => {
+                self.loaded
+                    .datapath
+                    .attach(self.env.cgroup.path().to_owned())?;
+            }
+            // The sets are loaded once; the chain that references them turns nftables on.
+            Mode::Nft => self.env.nft_file(NFT_CHAIN, self.timing.nft_limit)?,
+            Mode::None => {}
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, mode: Mode) -> Result<()> {
+        match mode {
+            Mode::Empty => self.empty_attached = None,
+            Mode::Enforcer => self.loaded.datapath.detach(),
+            Mode::Nft => self.env.nft(
+                &["delete", "chain", "inet", "egress_bench", "output"],
+                self.timing.nft_limit,
+            )?,
+            Mode::None => {}
+        }
+        Ok(())
+    }
 }
 
 fn empty_stats(id: u32) -> Result<(u64, u64)> {
@@ -101,7 +150,6 @@ pub fn measure(
     let drain = EventDrain::start(&mut loaded)?;
     let counters = loaded.datapath.take_counters()?;
     let empty_id = empty.id()?;
-    // The sets are loaded once; toggling the chain that references them turns nftables on.
     let nft_skipped = match env.nft_file(&nft_ruleset(prefixes), timing.nft_limit) {
         Ok(()) => None,
         Err(err) => {
@@ -120,65 +168,80 @@ pub fn measure(
         .into_iter()
         .filter(|m| *m != Mode::Nft || nft_skipped.is_none())
         .collect();
-    let chain = "add chain inet egress_bench output { type filter hook output priority 0; policy accept; }\n\
-                 add rule inet egress_bench output ip daddr . tcp dport @deny4 drop\n\
-                 add rule inet egress_bench output ip6 daddr . tcp dport @deny6 drop\n";
-    // Counted from here: the kernel's run-time statistics, off again when `_stats` drops.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+    let mut phases = Phases {
+        env,
+        empty,
+        loaded: &mut loaded,
+        timing,
+        empty_attached: None,
+    };
     let mut results: Vec<PerMode> = MODES.iter().map(|_| PerMode::default()).collect();
     let mut connections_total = 0.0;
     let mut decoded_total = 0;
     let lost_before = counters.read()?.events_lost;
+    // The rounds the ratios come from run with the kernel's run-time statistics off, as
+    // they are in production: with them on, every program run reads the clock twice, which
+    // weighs on the enforcer's five hooks per connection and on the baselines' one or none.
     for _ in 0..timing.rounds {
         for (mode, result) in MODES.iter().zip(results.iter_mut()) {
             if !modes.contains(mode) {
                 continue;
             }
-            let attached = match mode {
-                Mode::Empty => Some(empty.attach(env.cgroup.path())?),
-                _ => None,
-            };
-            match mode {
-                Mode::Enforcer => {
-                    loaded.datapath.attach(env.cgroup.path().to_owned())?;
-                }
-                Mode::Nft => env.nft_file(chain, timing.nft_limit)?,
-                Mode::None | Mode::Empty => {}
-            }
-            let stats = |loaded: &mut Loaded| -> Result<(u64, u64)> {
-                match mode {
-                    Mode::Enforcer => loaded.run_stats(),
-                    _ => empty_stats(empty_id),
-                }
-            };
-            let s0 = stats(&mut loaded)?;
+            phases.begin(*mode)?;
             result.gbps.push(env.throughput(timing.iperf_secs)?);
-            let s1 = stats(&mut loaded)?;
             let decoded_before = drain.decoded();
             let (rate, failures) =
                 env.connection_rate(timing.connect_secs, timing.connect_threads)?;
             result.conns.push(rate);
             result.failures += failures;
-            let s2 = stats(&mut loaded)?;
             if *mode == Mode::Enforcer {
                 connections_total += rate * timing.connect_secs;
                 // Let the drain thread catch up with this phase's events.
                 std::thread::sleep(Duration::from_millis(100));
                 decoded_total += drain.decoded() - decoded_before;
             }
-            if matches!(mode, Mode::Enforcer | Mode::Empty) {
-                result.ns_bulk.0.extend(per_run(s0, s1));
-                result.ns_conn.0.extend(per_run(s1, s2));
+            phases.end(*mode)?;
+        }
+    }
+    // Then the empty program and the enforcer again, with the statistics on (off again when
+    // `_stats` drops), for their cost per run (1b) and per connection (1c).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+    let mut per_connection = runtime::PerConnection::default();
+    for _ in 0..timing.stats_rounds {
+        for (mode, result) in MODES.iter().zip(results.iter_mut()) {
+            if !matches!(mode, Mode::Empty | Mode::Enforcer) {
+                continue;
             }
-            match mode {
-                Mode::Enforcer => loaded.datapath.detach(),
-                Mode::Nft => env.nft(
-                    &["delete", "chain", "inet", "egress_bench", "output"],
-                    timing.nft_limit,
-                )?,
-                Mode::None | Mode::Empty => {}
+            phases.begin(*mode)?;
+            let stats = |phases: &mut Phases<'_>| -> Result<(u64, u64)> {
+                match mode {
+                    Mode::Enforcer => phases.loaded.run_stats(),
+                    _ => empty_stats(empty_id),
+                }
+            };
+            let s0 = stats(&mut phases)?;
+            env.throughput(timing.iperf_secs)?;
+            let s1 = stats(&mut phases)?;
+            let programs_before = runtime::Snapshot::take(phases.loaded)?;
+            let decoded_before = drain.decoded();
+            let (rate, failures) =
+                env.connection_rate(timing.connect_secs, timing.connect_threads)?;
+            result.failures += failures;
+            let s2 = stats(&mut phases)?;
+            if *mode == Mode::Enforcer {
+                let connections = rate * timing.connect_secs;
+                per_connection.add(
+                    &programs_before,
+                    &runtime::Snapshot::take(phases.loaded)?,
+                    connections,
+                );
+                connections_total += connections;
+                std::thread::sleep(Duration::from_millis(100));
+                decoded_total += drain.decoded() - decoded_before;
             }
-            drop(attached);
+            result.ns_bulk.0.extend(per_run(s0, s1));
+            result.ns_conn.0.extend(per_run(s1, s2));
+            phases.end(*mode)?;
         }
     }
     let lost = counters.read()?.events_lost - lost_before;
@@ -238,12 +301,14 @@ pub fn measure(
             ),
         ]);
     }
+    tables.per_connection.row(per_connection.row(prefixes));
     Ok(ratios)
 }
 
 pub fn tables(timing: &Timing) -> Tables {
     let Timing {
         rounds,
+        stats_rounds,
         iperf_secs,
         connect_secs,
         connect_threads,
@@ -302,9 +367,13 @@ pub fn tables(timing: &Timing) -> Tables {
         ),
         runtime: Table::new(
             "1b. Kernel cost per packet under real traffic (BPF run-time stats)",
-            "Average ns per run = Δrun_time_ns / Δrun_cnt of each program (BPF_ENABLE_STATS, the \
-             same switch as kernel.bpf_stats_enabled, on for the benchmark only) over each \
-             phase of the traffic rounds above; median (min–max) over rounds.",
+            &format!(
+                "Average ns per run = Δrun_time_ns / Δrun_cnt of the packet hook (BPF_ENABLE_STATS, \
+                 the same switch as kernel.bpf_stats_enabled) over each phase of {stats_rounds} \
+                 more rounds of the empty program and the enforcer, after the rounds of \
+                 measures 2 and 3, which run with the statistics off: with them on, each program \
+                 run reads the clock twice. Median (min–max) over rounds."
+            ),
             &[
                 "prefixes",
                 "traffic",
@@ -313,5 +382,6 @@ pub fn tables(timing: &Timing) -> Tables {
                 "difference of medians",
             ],
         ),
+        per_connection: runtime::table(*stats_rounds, *connect_secs),
     }
 }
