@@ -123,6 +123,16 @@ pub struct DecidedConnection {
     pub dst_port: u16,
     /// 4 or 6: a widened IPv4 address can equal an IPv6 one.
     pub ip_version: u8,
-    /// 0 when no policy governs the socket: its packets pass uncounted.
-    pub governed: u8,
+    /// [`kept`]: whether a policy governs the socket; zero (an entry just created or
+    /// reused) keeps nothing.
+    pub kept: u8,
+}
+
+/// Values of [`DecidedConnection::kept`].
+pub mod kept {
+    pub const NOTHING: u8 = 0;
+    /// No policy governs the socket: its packets pass uncounted.
+    pub const UNGOVERNED: u8 = 1;
+    /// The decision field decides.
+    pub const GOVERNED: u8 = 2;
 }

@@ -4,7 +4,11 @@
 //! bulk traffic those lookups missed the CPU caches on nearly every segment (about 230 ns a
 //! packet against 40 for an empty program, by BPF run-time stats).
 
-use egress_common::{Decision, RuntimeConfig, config_flags, event::DecidedConnection, verdict};
+use egress_common::{
+    Decision, RuntimeConfig, config_flags,
+    event::{DecidedConnection, kept},
+    verdict,
+};
 
 use crate::{
     maps::EGRESS_SOCKETS,
@@ -43,11 +47,15 @@ pub fn lookup(config: &RuntimeConfig, packet: &Packet, socket_cookie: u64) -> Op
     if !matches {
         return None;
     }
-    Some(if decided.governed == 0 {
-        Cached::Ungoverned
-    } else {
-        Cached::Governed(decided.decision)
-    })
+    // Zeroes keep nothing, and only allows are kept: an entry rewritten under us (an LRU
+    // element reused for a new socket starts zeroed) is judged in full.
+    match decided.kept {
+        kept::UNGOVERNED => Some(Cached::Ungoverned),
+        kept::GOVERNED if decided.decision.verdict == verdict::ALLOW => {
+            Some(Cached::Governed(decided.decision))
+        }
+        _ => None,
+    }
 }
 
 /// Keeps the decision made in full for `packet` (`None`: no policy governs its socket), for
@@ -79,7 +87,11 @@ pub fn remember(
             dst: packet.dst,
             dst_port: packet.dst_port,
             ip_version: packet.ip_version,
-            governed: u8::from(decision.is_some()),
+            kept: if decision.is_some() {
+                kept::GOVERNED
+            } else {
+                kept::UNGOVERNED
+            },
         };
     }
 }
