@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use egress_common::{
-    ConnectionEvent, Decision, Direction, RuntimeConfig, counter,
+    ConnectionEvent, Decision, Direction, RuntimeConfig, SocketOwner, counter,
     event::{FlowKey, FlowState, ReportedConnection},
     verdict,
 };
@@ -49,11 +49,19 @@ pub fn hit(decision: &Decision, first: bool) {
     }
 }
 
+/// A flow to report, and where its report state is kept.
+pub struct ReportedFlow {
+    pub key: FlowKey,
+    /// For an outbound TCP connection, its socket's entry (looked up by the caller), which
+    /// keeps the connection's report state; `None` for other flows and for sockets without
+    /// an entry, kept in `EGRESS_FLOWS`.
+    pub connection: Option<*mut SocketOwner>,
+}
+
 /// Reports a decision about `flow` once per generation and verdict, if the deciding
 /// policies asked for it. Later packets of a reported flow that are dropped again
 /// (retransmitted SYNs, repeated datagrams) are folded into the flow's dropped count
-/// instead of becoming events of their own. `connection`: the flow is an outbound TCP
-/// connection, whose state is kept with its socket's owner where the socket has one.
+/// instead of becoming events of their own.
 ///
 /// `fill` writes the event in place in the reserved ring buffer entry, which starts zeroed
 /// and holds the socket's recorded owner: building it on the stack first would cost 136
@@ -63,18 +71,16 @@ pub fn hit(decision: &Decision, first: bool) {
 pub fn report(
     config: &RuntimeConfig,
     decision: &Decision,
-    flow: &FlowKey,
-    connection: bool,
+    reported: &ReportedFlow,
     fill: impl FnOnce(&mut ConnectionEvent),
 ) -> bool {
     if decision.log == 0 {
         return false;
     }
-    let socket = if connection {
-        EGRESS_SOCKETS.get_ptr_mut(flow.socket_cookie)
-    } else {
-        None
-    };
+    let ReportedFlow {
+        key: ref flow,
+        connection: socket,
+    } = *reported;
     let first = match socket {
         // SAFETY: an LRU value pointer stays valid for this program run; plain data.
         Some(owner) => first_report(config, decision, flow, unsafe { &mut (*owner).reported }),
@@ -199,6 +205,8 @@ pub struct PacketDecision<'a> {
     pub packet: &'a Packet,
     pub decision: &'a Decision,
     pub socket_cookie: u64,
+    /// The socket's entry, for an outbound TCP connection (see [`report`]).
+    pub connection: Option<*mut SocketOwner>,
     pub uid: u32,
     pub direction: Direction,
 }
@@ -214,21 +222,24 @@ pub fn report_packet(judged: &PacketDecision<'_>) -> bool {
         packet,
         decision,
         socket_cookie,
+        connection,
         uid,
         direction,
     } = *judged;
     let inbound = direction == Direction::Ingress;
-    let flow = FlowKey {
-        socket_cookie,
-        dst: if inbound { packet.src } else { packet.dst },
-        dst_port: packet.dst_port,
-        protocol: packet.protocol,
-        ip_version: packet.ip_version,
-        icmp_type: packet.icmp_type,
-        _pad: [u8::from(inbound), 0, 0],
+    let flow = ReportedFlow {
+        key: FlowKey {
+            socket_cookie,
+            dst: if inbound { packet.src } else { packet.dst },
+            dst_port: packet.dst_port,
+            protocol: packet.protocol,
+            ip_version: packet.ip_version,
+            icmp_type: packet.icmp_type,
+            _pad: [u8::from(inbound), 0, 0],
+        },
+        connection,
     };
-    let connection = !inbound && packet.protocol == packet::IPPROTO_TCP;
-    report(config, decision, &flow, connection, |event| {
+    report(config, decision, &flow, |event| {
         // SAFETY: helpers reading the clock and the skb the kernel passed us.
         event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
         event.cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.as_ptr().cast()) };

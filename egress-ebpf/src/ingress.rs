@@ -145,6 +145,7 @@ fn report(
         packet,
         decision,
         socket_cookie: cookie,
+        connection: None,
         uid,
         direction: Direction::Ingress,
     });

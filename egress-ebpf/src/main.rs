@@ -27,9 +27,9 @@ use aya_ebpf::{
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use egress_common::{Decision, Direction, config_flags, counter, verdict};
+use egress_common::{Decision, Direction, SocketOwner, config_flags, counter, verdict};
 
-use crate::{classify::Destination, packet::Packet};
+use crate::{classify::Destination, maps::EGRESS_SOCKETS, packet::Packet};
 
 /// Return values of a cgroup_skb program.
 /// <https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/cgroup.c#L1393-L1420>
@@ -50,15 +50,18 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
         return PASS;
     }
     let parsed = packet::parse(&ctx);
-    let socket_cookie = match &parsed {
-        // SAFETY: the helper reads the skb the kernel passed us.
-        Some(packet) if verdict_cache::applies(&config, packet) => unsafe {
-            bpf_get_socket_cookie(ctx.as_ptr())
-        },
-        _ => 0,
+    // SAFETY: the helper reads the skb the kernel passed us.
+    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // An outbound TCP segment's socket entry, looked up once: it holds the connection's kept
+    // decision and its report state.
+    let connection = match &parsed {
+        Some(packet) if packet.protocol == packet::IPPROTO_TCP => {
+            EGRESS_SOCKETS.get_ptr_mut(socket_cookie)
+        }
+        _ => None,
     };
     if let Some(packet) = &parsed
-        && let Some(cached) = verdict_cache::lookup(&config, packet, socket_cookie)
+        && let Some(cached) = verdict_cache::lookup(&config, packet, socket_cookie, connection)
     {
         // What the full path below does for a segment past the SYN that it allows.
         return match cached {
@@ -74,7 +77,7 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
     let cgroup_id = scope::skb_cgroup(&ctx, &config);
     let Some(scope) = scope::lookup(&config, scope::of_skb(&ctx, &config, cgroup_id), uid) else {
         if let Some(packet) = &parsed {
-            verdict_cache::remember(&config, packet, socket_cookie, None);
+            verdict_cache::remember(&config, packet, socket_cookie, connection, None);
         }
         return PASS;
     };
@@ -100,7 +103,7 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
         },
         packet.protocol == packet::IPPROTO_TCP && !packet.tcp_syn,
     );
-    verdict_cache::remember(&config, packet, socket_cookie, Some(&decision));
+    verdict_cache::remember(&config, packet, socket_cookie, connection, Some(&decision));
     // TCP: the SYN that opens a connection is reported; later segments belong to it, unless
     // they are dropped (a connection opened before the policy denied it): the first of those
     // is reported too. Other protocols: every packet is offered, the flow map keeps the first.
@@ -109,14 +112,18 @@ pub fn egress_skb(ctx: SkBuffContext) -> i32 {
         || decision.verdict == verdict::DENY;
     // A connection or flow starts with a TCP SYN, or with a flow the map had not seen
     // (only flows the policies log are tracked there).
-    let new_flow = starts && report(&ctx, &config, packet, &decision, uid);
+    let sender = Sender {
+        cookie: socket_cookie,
+        connection,
+        uid,
+    };
+    let new_flow = starts && report(&ctx, &config, packet, &decision, &sender);
     events::hit(&decision, packet.tcp_syn || new_flow);
     if config.flags & config_flags::INGRESS != 0
         && packet.protocol == packet::IPPROTO_UDP
         && decision.verdict != verdict::DENY
     {
-        // SAFETY: the helper reads the skb the kernel passed us.
-        ingress::remember_peer(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }, packet);
+        ingress::remember_peer(socket_cookie, packet);
     }
     account(&decision)
 }
@@ -135,6 +142,14 @@ fn account(decision: &Decision) -> i32 {
     }
 }
 
+/// The socket that sent a packet, as the packet hook found it.
+struct Sender {
+    cookie: u64,
+    /// Its entry, for an outbound TCP connection (`events::report`).
+    connection: Option<*mut SocketOwner>,
+    uid: u32,
+}
+
 /// Not inlined, to keep its temporaries off the program's own stack frame (see ingress.rs).
 #[inline(never)]
 fn report(
@@ -142,17 +157,16 @@ fn report(
     config: &egress_common::RuntimeConfig,
     packet: &Packet,
     decision: &Decision,
-    uid: u32,
+    sender: &Sender,
 ) -> bool {
-    // SAFETY: the helper reads the skb the kernel passed us.
-    let socket_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     events::report_packet(&events::PacketDecision {
         ctx,
         config,
         packet,
         decision,
-        socket_cookie,
-        uid,
+        socket_cookie: sender.cookie,
+        connection: sender.connection,
+        uid: sender.uid,
         direction: Direction::Egress,
     })
 }

@@ -129,39 +129,40 @@ fn judge(ctx: &SockAddrContext, ip_version: u8, dst: [u8; 16], port: u32, protoc
     }
     events::count(counter::CALLS_DENIED);
     events::hit(&decision, true);
-    let flow = FlowKey {
-        socket_cookie: cookie,
-        dst,
-        dst_port: to.port,
-        protocol,
-        ip_version,
-        icmp_type: 0,
-        _pad: [0; 3],
-    };
-    events::report(
-        &config,
-        &decision,
-        &flow,
-        protocol == IPPROTO_TCP,
-        |event| {
-            // SAFETY: plain helper calls in process context.
-            event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-            event.generation = config.generation;
-            event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-            event.socket_cookie = cookie;
-            event.rule = decision.rule;
-            event.audit_rule = decision.audit_rule;
-            event.uid = uid;
-            event.dst = dst;
-            event.dst_port = to.port;
-            event.ip_version = ip_version;
-            event.protocol = protocol;
-            event.verdict = decision.verdict;
-            event.audit_verdict = decision.audit_verdict;
-            event.direction = Direction::Egress as u8;
-            // The call never built a packet: the attempt is the one thing dropped.
-            event.dropped_packets = 1;
+    let flow = events::ReportedFlow {
+        key: FlowKey {
+            socket_cookie: cookie,
+            dst,
+            dst_port: to.port,
+            protocol,
+            ip_version,
+            icmp_type: 0,
+            _pad: [0; 3],
         },
-    );
+        connection: if protocol == IPPROTO_TCP {
+            maps::EGRESS_SOCKETS.get_ptr_mut(cookie)
+        } else {
+            None
+        },
+    };
+    events::report(&config, &decision, &flow, |event| {
+        // SAFETY: plain helper calls in process context.
+        event.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+        event.generation = config.generation;
+        event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        event.socket_cookie = cookie;
+        event.rule = decision.rule;
+        event.audit_rule = decision.audit_rule;
+        event.uid = uid;
+        event.dst = dst;
+        event.dst_port = to.port;
+        event.ip_version = ip_version;
+        event.protocol = protocol;
+        event.verdict = decision.verdict;
+        event.audit_verdict = decision.audit_verdict;
+        event.direction = Direction::Egress as u8;
+        // The call never built a packet: the attempt is the one thing dropped.
+        event.dropped_packets = 1;
+    });
     REJECT
 }

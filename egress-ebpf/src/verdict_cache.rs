@@ -5,17 +5,14 @@
 //! packet against 40 for an empty program, by BPF run-time stats).
 
 use egress_common::{
-    Decision, RuntimeConfig, config_flags,
+    Decision, RuntimeConfig, SocketOwner, config_flags,
     event::{DecidedConnection, kept},
     verdict,
 };
 
-use crate::{
-    maps::EGRESS_SOCKETS,
-    packet::{IPPROTO_TCP, Packet},
-};
+use crate::packet::{IPPROTO_TCP, Packet};
 
-/// A cached decision for `packet`, sent by the socket with `socket_cookie`.
+/// A kept decision for a packet.
 pub enum Cached {
     /// No policy governs the socket.
     Ungoverned,
@@ -28,15 +25,20 @@ pub fn applies(config: &RuntimeConfig, packet: &Packet) -> bool {
     packet.protocol == IPPROTO_TCP && config.flags & config_flags::HOSTS == 0
 }
 
-/// The decision the packet hook made for the socket's connection to `packet`'s destination
-/// under the active generation, if it made one.
-pub fn lookup(config: &RuntimeConfig, packet: &Packet, socket_cookie: u64) -> Option<Cached> {
+/// The decision the packet hook made for the connection of the socket with `socket_cookie`
+/// and entry `connection` to `packet`'s destination under the active generation, if it made
+/// one. Sockets the hooks did not record (accepted ones, those opened before the agent) have
+/// no entry and are judged in full.
+pub fn lookup(
+    config: &RuntimeConfig,
+    packet: &Packet,
+    socket_cookie: u64,
+    connection: Option<*mut SocketOwner>,
+) -> Option<Cached> {
     if packet.tcp_syn || !applies(config, packet) {
         return None;
     }
-    // Sockets the hooks did not record (accepted ones, those opened before the agent) miss
-    // here and are judged in full.
-    let owner = EGRESS_SOCKETS.get_ptr(socket_cookie)?;
+    let owner = connection?;
     // SAFETY: an LRU value pointer valid for this program run; plain data.
     let decided = unsafe { &(*owner).decided };
     let matches = decided.generation == config.generation
@@ -65,6 +67,7 @@ pub fn remember(
     config: &RuntimeConfig,
     packet: &Packet,
     socket_cookie: u64,
+    connection: Option<*mut SocketOwner>,
     decision: Option<&Decision>,
 ) {
     if !applies(config, packet) {
@@ -73,7 +76,7 @@ pub fn remember(
     if decision.is_some_and(|decision| decision.verdict == verdict::DENY) {
         return;
     }
-    let Some(owner) = EGRESS_SOCKETS.get_ptr_mut(socket_cookie) else {
+    let Some(owner) = connection else {
         return;
     };
     // SAFETY: an LRU value pointer valid for this program run; plain data. The segments of
