@@ -17,6 +17,7 @@ pub mod policygen;
 pub mod process;
 pub mod serial;
 pub mod server;
+pub mod test_run;
 pub mod traffic;
 
 pub use agent::{AgentGuard, root_egress_programs};

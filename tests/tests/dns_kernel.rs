@@ -424,7 +424,11 @@ fn a_learned_address_stops_counting_when_its_ttl_runs_out() {
         grace_ns: 0,
         max_ttl_ns: 0,
     };
-    bench.datapath.set_dns_config(no_grace).expect("dns config");
+    bench
+        .programs
+        .datapath
+        .set_dns_config(no_grace)
+        .expect("dns config");
     let one_second = |name: &str, addr: &str| {
         let mut message = DnsMessage::response(30);
         let q = message.question(&WireName::plain(name), TYPE_A);
@@ -442,6 +446,7 @@ fn a_learned_address_stops_counting_when_its_ttl_runs_out() {
     bench.teach(&short_chain);
     // A cap on every TTL.
     bench
+        .programs
         .datapath
         .set_dns_config(DnsConfig {
             grace_ns: 0,

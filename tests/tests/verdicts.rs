@@ -15,17 +15,16 @@ use std::{
 };
 
 use egress_agent::{
-    cgroup::{Hierarchy, find_cgroup2_root},
-    compile::{CgroupResolution, compile},
-    datapath::{Datapath, GenerationWriter, test_run::Transport},
+    cgroup::find_cgroup2_root,
+    datapath::test_run::Transport,
     eval,
     policy::{PolicySet, parse_str},
 };
 use egress_common::verdict;
 use egress_tests::{
-    CgroupGuard, SerialGuard,
+    CgroupGuard,
     policygen::{self, CgroupChoices, Fragment, Probe, Rng},
-    serial,
+    test_run::LoadedPrograms,
 };
 
 /// The socket uid of every `BPF_PROG_TEST_RUN` packet.
@@ -99,31 +98,19 @@ fn move_self(cgroup: &Path) -> io::Result<()> {
     fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
 }
 
-/// The loaded program and its generation writer. Fields drop in order; the lock goes last.
+/// The loaded programs, with this process in the workload's cgroup. Fields drop in order:
+/// the process moves back out before the programs' serial lock is released.
 struct Bench {
-    datapath: Datapath,
-    writer: GenerationWriter,
-    hierarchy: Hierarchy,
     placement: Placement,
-    _serial: SerialGuard,
+    programs: LoadedPrograms,
 }
 
 impl Bench {
     fn new() -> Self {
-        let serial = serial();
-        let placement = Placement::new();
-        let mut datapath = Datapath::load().unwrap_or_else(|e| {
-            panic!("these tests need root and BPF (BPF_PROG_TEST_RUN); loading failed: {e}")
-        });
-        let writer = datapath.generation_writer().expect("generation writer");
-        let root = find_cgroup2_root().expect("cgroup2 mount");
-        let hierarchy = Hierarchy::new(root).expect("cgroup2 hierarchy");
+        let programs = LoadedPrograms::load();
         Self {
-            datapath,
-            writer,
-            hierarchy,
-            placement,
-            _serial: serial,
+            placement: Placement::new(),
+            programs,
         }
     }
 
@@ -134,12 +121,7 @@ impl Bench {
 
     /// Compiles `set` and switches the program to it.
     fn apply(&mut self, set: &PolicySet) {
-        let compiled = compile(set, &CgroupResolution::default(), self.writer.next_parity())
-            .expect("policy compiles");
-        let applied = self
-            .writer
-            .apply(&compiled, &self.hierarchy)
-            .expect("generation applies");
+        let applied = self.programs.apply(set);
         let containing = self.placement.choices().containing;
         assert!(
             !applied
@@ -152,7 +134,8 @@ impl Bench {
     }
 
     fn run(&mut self, frame: &[u8]) -> bool {
-        self.datapath
+        self.programs
+            .datapath
             .test_run(frame, 1)
             .expect("BPF_PROG_TEST_RUN")
             .passed
@@ -173,7 +156,7 @@ impl Bench {
              workload {workload} uid {UID}, generation {}\n  applicable {:?}\n  matched {:?}\n  frame {frame:02x?}",
             if passed { "passed" } else { "dropped" },
             want.decision,
-            self.writer.active().generation,
+            self.programs.active().generation,
             want.applicable,
             want.matched,
         ))
@@ -459,7 +442,7 @@ fn unreadable_governed_packets_follow_the_scope_default() {
     // never sees one; what it can see is a full IP header with the rest unreadable.
     for short in [&v4[..14 + 10], &v6[..14 + 30]] {
         assert!(
-            bench.datapath.test_run(short, 1).is_err(),
+            bench.programs.datapath.test_run(short, 1).is_err(),
             "the kernel ran a frame with a truncated IP header"
         );
     }
@@ -530,11 +513,11 @@ fn successive_generations_replace_each_other() {
     for round in 0..3 {
         for (set, docs_pass) in [(&deny_docs, false), (&deny_other, true)] {
             bench.apply(set);
-            parities.push(bench.writer.active().parity);
+            parities.push(bench.programs.active().parity);
             bench.expect(set, docs, docs_pass);
             bench.expect(set, other, !docs_pass);
             assert_eq!(
-                bench.writer.active().generation,
+                bench.programs.active().generation,
                 parities.len() as u64,
                 "round {round}"
             );

@@ -3,17 +3,14 @@
 use std::{net::IpAddr, path::Path};
 
 use egress_agent::{
-    cgroup::{Hierarchy, find_cgroup2_root},
-    compile::{CgroupResolution, compile},
     datapath::{
-        Datapath, GenerationWriter,
         test_run::{Packet, Transport},
         test_run_dns::{DnsMessage, DnsTransport, response_frame},
     },
     policy::{PolicySet, parse_str},
 };
 use egress_common::counter;
-use egress_tests::{SerialGuard, serial};
+use egress_tests::test_run::LoadedPrograms;
 
 use super::{CLIENT, RESOLVER, ip};
 
@@ -26,28 +23,15 @@ pub struct DnsCounts {
     pub unread: u64,
 }
 
-/// The loaded programs and their generation writer. Fields drop in order; the lock goes last.
+/// The loaded programs.
 pub struct Bench {
-    pub datapath: Datapath,
-    writer: GenerationWriter,
-    hierarchy: Hierarchy,
-    _serial: SerialGuard,
+    pub programs: LoadedPrograms,
 }
 
 impl Bench {
     pub fn new() -> Self {
-        let serial = serial();
-        let mut datapath = Datapath::load().unwrap_or_else(|e| {
-            panic!("these tests need root and BPF (BPF_PROG_TEST_RUN); loading failed: {e}")
-        });
-        let writer = datapath.generation_writer().expect("generation writer");
-        let root = find_cgroup2_root().expect("cgroup2 mount");
-        let hierarchy = Hierarchy::new(root).expect("cgroup2 hierarchy");
         Self {
-            datapath,
-            writer,
-            hierarchy,
-            _serial: serial,
+            programs: LoadedPrograms::load(),
         }
     }
 
@@ -59,21 +43,14 @@ impl Bench {
         );
         let set = parse_str(Path::new("dns_kernel.yaml"), &yaml)
             .unwrap_or_else(|e| panic!("policy does not load: {e}\n{yaml}"));
-        let compiled = compile(
-            &set,
-            &CgroupResolution::default(),
-            self.writer.next_parity(),
-        )
-        .expect("policy compiles");
-        self.writer
-            .apply(&compiled, &self.hierarchy)
-            .expect("generation applies");
+        self.programs.apply(&set);
         set
     }
 
     /// Runs the ingress program on `frame`; true when the answer was delivered.
     pub fn deliver_frame(&mut self, frame: &[u8]) -> bool {
-        self.datapath
+        self.programs
+            .datapath
             .test_run_ingress(frame)
             .expect("BPF_PROG_TEST_RUN of the ingress program")
     }
@@ -113,14 +90,15 @@ impl Bench {
             transport: Transport::TcpSyn(port),
         }
         .frame();
-        self.datapath
+        self.programs
+            .datapath
             .test_run(&frame, 1)
             .expect("BPF_PROG_TEST_RUN of the egress program")
             .passed
     }
 
     pub fn counts(&self) -> DnsCounts {
-        let read = |index| self.datapath.counter(index).expect("counters");
+        let read = |index| self.programs.datapath.counter(index).expect("counters");
         DnsCounts {
             answers: read(counter::DNS_ANSWERS),
             learned: read(counter::DNS_LEARNED),
