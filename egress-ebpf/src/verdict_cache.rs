@@ -12,15 +12,16 @@ use egress_common::{
 
 use crate::packet::{IPPROTO_TCP, Packet};
 
-/// A kept decision for a packet.
+/// A kept decision, as [`lookup`] found it.
 pub enum Cached {
     /// No policy governs the socket.
     Ungoverned,
     Governed(Decision),
 }
 
-/// Whether `packet` may be judged by its socket's cached decision: a TCP segment past the
-/// SYN (the SYN itself is judged, counted as a connection and reported) and no host rules.
+/// Whether a decision about `packet` may be kept and used: a TCP segment, and no host rules.
+/// ([`lookup`] leaves the SYN to the full path, which counts it as a connection and reports
+/// it.)
 pub fn applies(config: &RuntimeConfig, packet: &Packet) -> bool {
     packet.protocol == IPPROTO_TCP && config.flags & config_flags::HOSTS == 0
 }
