@@ -437,23 +437,20 @@ fn packet_sockets_are_a_documented_limit_they_reach_the_receiver() {
 #[test]
 fn a_denied_connection_closed_by_its_process_is_reported_once() {
     let world = World::new("byp-close");
-    let selector = format!("{{cgroups: [\"{}\"]}}", world.cgroup.relative_path());
-    let work = tempfile::tempdir().expect("tempdir");
-    let policy_file = work.path().join("policy.yaml");
+    let selector = world.selector();
     // Generation 1 denies only the IPv6 prefix: the IPv4 connection opens.
-    let allowing = World::policy(&selector).replace("{cidr: 203.0.113.0/24}, ", "");
-    std::fs::write(&policy_file, allowing).expect("write policy");
-    let agent = AgentGuard::start_with_file(&policy_file);
+    let reloadable = Reloadable::start(&World::policy_denying_v6_only(&selector));
+    let agent = &reloadable.agent;
     let tcp = Held::start(
         &world.placement(),
         &strings(&["tcp-preconnected", &Target::tcp(V4).arg]),
     );
-    reload(&agent, &policy_file, &World::policy(&selector), 2);
-    let before = deny_records(&agent, V4, "tcp").len();
+    reloadable.reload(&World::policy(&selector), 2);
+    let before = deny_records(agent, V4, "tcp").len();
     // The data is queued and the helper exits: the socket is closed with data unsent.
     let (code, out) = tcp.send();
     assert_eq!(code, Some(0), "the TCP send only queues data: {out}");
-    assert_new_deny_record(&agent, V4, "tcp", before);
+    assert_new_deny_record(agent, V4, "tcp", before);
     // Retransmissions of the closed socket: the first after the minimum RTO (200 ms).
     std::thread::sleep(Duration::from_secs(2));
     let rules = run_json(&[
@@ -471,7 +468,7 @@ fn a_denied_connection_closed_by_its_process_is_reported_once() {
         denied >= 2,
         "the closed socket retransmitted nothing, so the test proves nothing: {rules}"
     );
-    let records = deny_records(&agent, V4, "tcp");
+    let records = deny_records(agent, V4, "tcp");
     assert_eq!(
         records.len(),
         before + 1,
@@ -487,19 +484,40 @@ fn run_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
 
-/// Writes `policy` to the agent's policy file, signals it to reload, and waits until it
-/// applied `generation`.
-fn reload(agent: &AgentGuard, file: &std::path::Path, policy: &str, generation: u64) {
-    std::fs::write(file, policy).expect("rewrite policy");
-    let pid = agent.pid().expect("the agent runs");
-    // SAFETY: signals the agent process this test started and has not reaped.
-    let rc = unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), libc::SIGHUP) };
-    assert_eq!(rc, 0, "SIGHUP to the agent");
-    agent
-        .wait_for_record(Duration::from_secs(20), |r| {
-            r["kind"] == "policy" && r["action"] == "applied" && r["generation"] == generation
-        })
-        .unwrap_or_else(|| panic!("generation {generation} applied"));
+/// An agent started on a policy file that the test rewrites and makes it reload. Fields
+/// drop in order: the agent stops before its policy file is removed.
+struct Reloadable {
+    agent: AgentGuard,
+    file: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Reloadable {
+    fn start(policy: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("policy.yaml");
+        std::fs::write(&file, policy).expect("write policy");
+        Self {
+            agent: AgentGuard::start_with_file(&file),
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// Rewrites the policy file, signals the agent to reload, and waits until it applied
+    /// `generation`.
+    fn reload(&self, policy: &str, generation: u64) {
+        std::fs::write(&self.file, policy).expect("rewrite policy");
+        let pid = self.agent.pid().expect("the agent runs");
+        // SAFETY: signals the agent process this test started and has not reaped.
+        let rc = unsafe { libc::kill(libc::pid_t::try_from(pid).expect("pid"), libc::SIGHUP) };
+        assert_eq!(rc, 0, "SIGHUP to the agent");
+        self.agent
+            .wait_for_record(Duration::from_secs(20), |r| {
+                r["kind"] == "policy" && r["action"] == "applied" && r["generation"] == generation
+            })
+            .unwrap_or_else(|| panic!("generation {generation} applied"));
+    }
 }
 
 /// The packet hook keeps each TCP connection's decision with its socket, for the segments
@@ -508,13 +526,9 @@ fn reload(agent: &AgentGuard, file: &std::path::Path, policy: &str, generation: 
 #[test]
 fn an_open_connection_is_judged_by_each_new_policy() {
     let world = World::new("byp-held");
-    let selector = format!("{{cgroups: [\"{}\"]}}", world.cgroup.relative_path());
-    let work = tempfile::tempdir().expect("tempdir");
-    let policy_file = work.path().join("policy.yaml");
+    let selector = world.selector();
     // Generation 1 governs another uid only: the connection is ungoverned.
-    std::fs::write(&policy_file, World::policy(&format!("{{uids: [{UID}]}}")))
-        .expect("write policy");
-    let agent = AgentGuard::start_with_file(&policy_file);
+    let reloadable = Reloadable::start(&World::policy(&format!("{{uids: [{UID}]}}")));
     let mut tcp = Held::start(
         &world.placement(),
         &strings(&["tcp-held", &Target::tcp(V4).arg]),
@@ -530,14 +544,13 @@ fn an_open_connection_is_judged_by_each_new_policy() {
         ungoverned > 0,
         "nothing reached the server while ungoverned"
     );
-    reload(&agent, &policy_file, &World::policy(&selector), 2);
+    reloadable.reload(&World::policy(&selector), 2);
     let denied = sent(&mut tcp);
     assert_eq!(
         denied, 0,
         "LEAK: {denied} packets of the open connection passed the deny"
     );
-    let allowing = World::policy(&selector).replace("{cidr: 203.0.113.0/24}, ", "");
-    reload(&agent, &policy_file, &allowing, 3);
+    reloadable.reload(&World::policy_denying_v6_only(&selector), 3);
     // The data queued under the deny is retransmitted, with the new.
     let allowed = sent(&mut tcp);
     assert!(allowed > 0, "nothing reached the server once allowed again");

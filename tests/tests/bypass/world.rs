@@ -164,10 +164,19 @@ impl World {
         )
     }
 
+    /// [`Self::policy`] without the IPv4 prefix: IPv4 connections to it open.
+    pub fn policy_denying_v6_only(selector: &str) -> String {
+        Self::policy(selector).replace("{cidr: 203.0.113.0/24}, ", "")
+    }
+
+    /// The selector of this world's cgroup.
+    pub fn selector(&self) -> String {
+        format!("{{cgroups: [\"{}\"]}}", self.cgroup.relative_path())
+    }
+
     /// Starts the agent with the deny policy scoped to this world's cgroup.
     pub fn start_agent(&self) -> AgentGuard {
-        let selector = format!("{{cgroups: [\"{}\"]}}", self.cgroup.relative_path());
-        AgentGuard::start(&Self::policy(&selector))
+        AgentGuard::start(&Self::policy(&self.selector()))
     }
 }
 
