@@ -38,6 +38,8 @@ mod dns;
 mod events;
 mod kube;
 
+pub use events::READ_INTERVAL as EVENT_READ_INTERVAL;
+
 /// What a graceful stop does to enforcement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnExit {

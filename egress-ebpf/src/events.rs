@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_skb_cgroup_id},
     programs::SkBuffContext,
 };
 use egress_common::{
-    ConnectionEvent, Decision, Direction, RuntimeConfig, SocketOwner, counter,
+    ConnectionEvent, Decision, Direction, RuntimeConfig, SocketOwner, capacity, counter,
     event::{FlowKey, FlowState, ReportedConnection},
     verdict,
 };
@@ -107,11 +108,25 @@ pub fn report(
                 }
                 fill(&mut *event);
             }
-            entry.submit(0);
+            entry.submit(wakeup());
         }
         None => count(counter::EVENTS_LOST),
     }
     true
+}
+
+/// How a submitted event wakes the agent's reader. By default the kernel wakes the reader
+/// whenever it has caught up, which at high connection rates was nearly every event: an
+/// interrupt and a switch to the agent each, on the CPUs the workloads run on
+/// (`bpf_ringbuf_commit`, <https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/ringbuf.c>).
+/// The reader reads on a short interval instead, and only a backlog of
+/// `EVENTS_WAKE_BYTES` wakes it early.
+fn wakeup() -> u64 {
+    if EGRESS_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(capacity::EVENTS_WAKE_BYTES) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
 }
 
 /// Whether the connection `flow` is reported for the first time under this generation and

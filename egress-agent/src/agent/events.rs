@@ -128,8 +128,11 @@ impl EventWriter {
     }
 }
 
-/// How often DNS answers are read when no connection event wakes the reader.
-const NAMES_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the reader reads the events waiting. The kernel program wakes the reader only
+/// for a backlog (`capacity::EVENTS_WAKE_BYTES`): a wakeup per event cost the workloads an
+/// interrupt and a context switch per connection. Records reach the audit log at its next
+/// flush (every second) either way.
+pub const READ_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Writes events as they arrive; when `stop` fires (the program is detached), writes those
 /// left in the ring buffer and returns.
@@ -143,12 +146,16 @@ pub async fn read_events(
     let mut events =
         unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(|err| anyhow::anyhow!("registering the event ring buffer: {err}"))?;
-    // DNS answers are also read when no connection comes, so that their ring buffer does not
-    // fill while the workloads only resolve names.
-    let mut names_tick = tokio::time::interval(NAMES_INTERVAL);
+    // DNS answers are read on the same beat when no connection comes, so that their ring
+    // buffer does not fill while the workloads only resolve names.
+    let mut read_tick = tokio::time::interval(READ_INTERVAL);
+    read_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = names_tick.tick() => writer.drain_names(),
+            _ = read_tick.tick() => {
+                writer.drain_names();
+                writer.drain(events.get_mut())?;
+            }
             ready = events.readable_mut() => {
                 let mut guard = ready?;
                 writer.drain(guard.get_inner_mut())?;

@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::MapInfo;
 use egress_agent::{
+    agent::EVENT_READ_INTERVAL,
     audit::decode_event,
     cgroup::{Hierarchy, find_cgroup2_root},
     compile::{CgroupResolution, compile},
@@ -125,7 +126,9 @@ impl EventDrain {
                             decoded.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    thread::sleep(Duration::from_millis(1));
+                    // The agent's reader reads on this beat (the kernel program wakes it
+                    // early only for a backlog).
+                    thread::sleep(EVENT_READ_INTERVAL);
                 }
             })
         };
