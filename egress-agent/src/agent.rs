@@ -26,7 +26,7 @@ use crate::{
     },
     datapath::{
         Counters, Datapath, EBPF_OBJECT,
-        pins::{PinDir, object_version},
+        pins::{self, PinDir, object_version},
     },
     enforcer::{Enforcer, record_rejection},
     metrics,
@@ -344,6 +344,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Ok(Err(err)) => tracing::error!(%err, "the event reader ended abnormally"),
         Err(_) => tracing::error!("the events left at shutdown were not all read in time"),
     }
+    if on_exit == OnExit::Detach {
+        remove_pins(&datapath);
+    }
     report_losses(&state.counters, &audit);
     match audit.lock() {
         Ok(mut log) => {
@@ -354,6 +357,23 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Err(_) => tracing::error!("the audit log is poisoned; it was not closed cleanly"),
     }
     Ok(())
+}
+
+/// With `--on-exit detach` nothing the agent pinned outlives it: the links went with the
+/// detach, and the maps (about 100 MiB of kernel memory) go now that the reader has drained
+/// the ring buffer. The pin directory goes too, unless another version's pins are in it.
+fn remove_pins(datapath: &Datapath) {
+    let Some(pins) = datapath.pins() else {
+        return;
+    };
+    if let Err(err) = pins::remove_version(&pins.version_dir()) {
+        tracing::warn!(%err, "removing the map pins failed; `egress uninstall` removes them");
+    }
+    if let Err(err) = std::fs::remove_dir(pins.base())
+        && err.kind() != std::io::ErrorKind::DirectoryNotEmpty
+    {
+        tracing::warn!(%err, dir = %pins.base().display(), "removing the pin directory failed");
+    }
 }
 
 /// Answers a control or metrics request from the run loop.

@@ -287,6 +287,11 @@ impl AgentGuard {
         child.wait().ctx(|| "reaping the agent".to_owned())
     }
 
+    /// The bpffs directory the agent pins into.
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
     /// The agent's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -354,4 +354,12 @@ fn program_is_attached_while_running_and_detached_after_exit() {
         );
     }
     world.assert_http_passes(&client, denied);
+    // `--on-exit detach` leaves no pinned map behind either (the guard's uninstall would
+    // hide a leak: it runs only at drop).
+    assert!(
+        !agent.bpffs().exists(),
+        "pins left after a detaching exit: {:?}",
+        std::fs::read_dir(agent.bpffs())
+            .map(|dir| dir.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
 }
