@@ -26,7 +26,7 @@ use crate::{
     },
     datapath::{
         Counters, Datapath, EBPF_OBJECT,
-        pins::{self, PinDir, object_version},
+        pins::{PinDir, object_version},
     },
     enforcer::{Enforcer, record_rejection},
     metrics,
@@ -361,18 +361,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 /// With `--on-exit detach` nothing the agent pinned outlives it: the links went with the
 /// detach, and the maps (about 100 MiB of kernel memory) go now that the reader has drained
-/// the ring buffer. The pin directory goes too, unless another version's pins are in it.
+/// the ring buffer.
 fn remove_pins(datapath: &Datapath) {
-    let Some(pins) = datapath.pins() else {
-        return;
-    };
-    if let Err(err) = pins::remove_version(&pins.version_dir()) {
-        tracing::warn!(%err, "removing the map pins failed; `egress uninstall` removes them");
-    }
-    if let Err(err) = std::fs::remove_dir(pins.base())
-        && err.kind() != std::io::ErrorKind::DirectoryNotEmpty
+    if let Some(pins) = datapath.pins()
+        && let Err(err) = pins.remove()
     {
-        tracing::warn!(%err, dir = %pins.base().display(), "removing the pin directory failed");
+        tracing::warn!(%err, "removing the pins failed; `egress uninstall` removes them");
     }
 }
 

@@ -95,6 +95,26 @@ impl PinDir {
         self.version_dir().join("links").join(program)
     }
 
+    /// Removes this version's pins, and the base directory unless another version's pins
+    /// are in it.
+    pub fn remove(&self) -> Result<(), PinError> {
+        remove_version(&self.version_dir())?;
+        match fs::remove_dir(&self.base) {
+            Err(err)
+                if !matches!(
+                    err.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                ) =>
+            {
+                Err(PinError::Io {
+                    path: self.base.clone(),
+                    source: err,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The version directories under the base other than ours.
     pub fn other_versions(&self) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.base) else {
